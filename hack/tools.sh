@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Builds, pins and caches every third-party tool the tests need, from the Go module proxy and PyPI.
+#
+#   hack/tools.sh [core|all|<tool>...]   build what is missing (default: core)
+#   hack/tools.sh env                    print `export VAR=path` lines for the Makefile
+#
+# Each tool lands in $SECRETS_STORE_CACHE/tools/<name>-<version>/ (outside the repo, keyed by
+# version) and is built only when that directory lacks it; $SECRETS_STORE_CACHE/bin holds symlinks
+# to the pinned versions, which is where crates/testenv looks.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+CACHE="${SECRETS_STORE_CACHE:-$HOME/.cache/secrets-store-rs}"
+TOOLS="$CACHE/tools"
+BIN="$CACHE/bin"
+mkdir -p "$TOOLS" "$BIN"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'hack/tools.sh: %s\n' "$*" >&2; exit 1; }
+
+need_go() { command -v go >/dev/null || die "go is required to build the test tools (install the Go toolchain)"; }
+
+# link NAME PATH: point $BIN/NAME at the pinned build.
+link() { ln -sfn "$2" "$BIN/$1"; }
+
+# go_build DIR OUT PKG [LDFLAGS]: build PKG inside the scratch module DIR into OUT.
+go_build() {
+  local dir="$1" out="$2" pkg="$3" ldflags="${4:-}"
+  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
+  mv "$out.tmp" "$out"
+}
+
+build_etcd() {
+  local dest="$TOOLS/etcd-$ETCD_VERSION"
+  if [[ ! -x "$dest/etcd" ]]; then
+    need_go; log "building etcd $ETCD_VERSION"
+    local src="$dest/src"; mkdir -p "$src"
+    cat >"$src/main.go" <<'GO'
+// Thin wrapper so etcd can be built from the Go module proxy despite its replace directives.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+    (cd "$src" && rm -f go.mod go.sum && go mod init local/etcd >/dev/null 2>&1 \
+      && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1 && go mod tidy >/dev/null 2>&1)
+    go_build "$src" "$dest/etcd" . 
+  fi
+  link etcd "$dest/etcd"
+}
+
+# The k8s.io/kubernetes module pins its staging repos at v0.0.0 with local replace directives, so it
+# cannot be `go install`ed; a scratch module requires it and replaces each staging repo with the
+# published version.
+kube_module() {
+  local src="$TOOLS/kubernetes-$K8S_VERSION/src"
+  if [[ ! -f "$src/.ready" ]]; then
+    need_go; log "preparing k8s.io/kubernetes $K8S_VERSION module"
+    mkdir -p "$src"
+    (cd "$src" && rm -f go.mod go.sum && go mod init local/kube >/dev/null 2>&1
+      local gomod; gomod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+      [[ -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
+      go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
+      grep -E '=> \./staging/' "$gomod" | awk '{print $1}' | sort -u | while read -r m; do
+        go mod edit -replace="$m=$m@$K8S_STAGING_VERSION"
+      done
+      cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
+GO
+      GOFLAGS=-mod=mod go mod tidy >/dev/null 2>&1 || GOFLAGS=-mod=mod go mod tidy)
+    touch "$src/.ready"
+  fi
+  echo "$src"
+}
+
+kube_ldflags() {
+  local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
+  local p=k8s.io/component-base/version
+  echo "-X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+}
+
+build_kube() {
+  local name="$1" dest="$TOOLS/kubernetes-$K8S_VERSION"
+  if [[ ! -x "$dest/$name" ]]; then
+    local src; src="$(kube_module)"
+    log "building $name $K8S_VERSION (slow the first time)"
+    go_build "$src" "$dest/$name" "k8s.io/kubernetes/cmd/$name" "$(kube_ldflags)"
+  fi
+  link "$name" "$dest/$name"
+}
+
+# go_install NAME MODULE@VERSION PKG: build a Go tool without replace directives.
+go_install() {
+  local name="$1" version="$2" pkg="$3" dest="$TOOLS/$1-$2"
+  if [[ ! -x "$dest/$name" ]]; then
+    need_go; log "building $name $version"
+    mkdir -p "$dest"
+    GOBIN="$dest" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$pkg@$version"
+  fi
+  link "$name" "$dest/$name"
+}
+
+build_moto() {
+  local dest="$TOOLS/moto-$MOTO_VERSION"
+  if [[ ! -x "$dest/venv/bin/moto_server" ]]; then
+    command -v python3 >/dev/null || die "python3 is required for moto"
+    log "installing moto[server]==$MOTO_VERSION"
+    rm -rf "$dest"; mkdir -p "$dest"
+    python3 -m venv "$dest/venv"
+    "$dest/venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  fi
+  link moto_server "$dest/venv/bin/moto_server"
+  link moto-python "$dest/venv/bin/python"
+}
+
+build_one() {
+  case "$1" in
+    etcd) build_etcd ;;
+    kube-apiserver|kube-controller-manager) build_kube "$1" ;;
+    csi-sanity) go_install csi-sanity "$CSI_TEST_VERSION" github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
+    moto) build_moto ;;
+    helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+    upstream-driver) go_install secrets-store-csi-driver "$UPSTREAM_DRIVER_VERSION" sigs.k8s.io/secrets-store-csi-driver/cmd/secrets-store-csi-driver ;;
+    ascp) go_install secrets-store-csi-driver-provider-aws "$ASCP_COMMIT" github.com/aws/secrets-store-csi-driver-provider-aws ;;
+    *) die "unknown tool '$1'" ;;
+  esac
+}
+
+CORE=(moto etcd kube-apiserver kube-controller-manager csi-sanity ascp)
+
+case "${1:-core}" in
+  env)
+    echo "export SECRETS_STORE_TOOLS_BIN=$BIN"
+    ;;
+  core) for t in "${CORE[@]}"; do build_one "$t"; done ;;
+  all) for t in "${CORE[@]}" helm upstream-driver; do build_one "$t"; done ;;
+  *) for t in "$@"; do build_one "$t"; done ;;
+esac
