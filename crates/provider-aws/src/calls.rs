@@ -1,0 +1,255 @@
+//! The AWS calls themselves: one function per API operation, each returning one result per
+//! requested object. Matching batch answers back to requests is pure and tested here.
+
+use aws_config::SdkConfig;
+use aws_credential_types::Credentials;
+use aws_sdk_secretsmanager::config::Region;
+use secrets_store_provider::SecretBytes;
+
+use crate::errors::{Class, Classified, classify, classify_code};
+use crate::params::VersionSelector;
+use crate::render::FetchedValue;
+
+/// An AWS answer for one object: a value or a classified failure.
+pub type CallResult = Result<FetchedValue, Classified>;
+
+/// Secrets Manager client for one identity and region.
+pub fn secretsmanager(
+    base: &SdkConfig,
+    creds: &Credentials,
+    region: &str,
+) -> aws_sdk_secretsmanager::Client {
+    let conf = aws_sdk_secretsmanager::config::Builder::from(base)
+        .region(Region::new(region.to_string()))
+        .credentials_provider(creds.clone())
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(conf)
+}
+
+/// SSM client for one identity and region.
+pub fn ssm(base: &SdkConfig, creds: &Credentials, region: &str) -> aws_sdk_ssm::Client {
+    let conf = aws_sdk_ssm::config::Builder::from(base)
+        .region(aws_sdk_ssm::config::Region::new(region.to_string()))
+        .credentials_provider(creds.clone())
+        .build();
+    aws_sdk_ssm::Client::from_conf(conf)
+}
+
+/// `GetSecretValue` for one secret (pinned versions, or after a denied batch).
+pub async fn get_secret_value(
+    client: &aws_sdk_secretsmanager::Client,
+    region: &str,
+    name: &str,
+    selector: &VersionSelector,
+) -> CallResult {
+    let out = client
+        .get_secret_value()
+        .secret_id(name)
+        .set_version_id(selector.version.clone())
+        .set_version_stage(selector.label.clone())
+        .send()
+        .await
+        .map_err(|e| classify(&e))?;
+    let value = match (out.secret_string(), out.secret_binary()) {
+        (Some(s), _) => SecretBytes::new(s.as_bytes().to_vec()),
+        (None, Some(b)) => SecretBytes::new(b.as_ref().to_vec()),
+        (None, None) => {
+            return Err(Classified {
+                kind: Class::Other,
+                message: "the secret version has neither SecretString nor SecretBinary".into(),
+            });
+        }
+    };
+    Ok(FetchedValue {
+        value,
+        version: out.version_id().unwrap_or_default().to_string(),
+        region: region.to_string(),
+    })
+}
+
+/// `BatchGetSecretValue` for up to 20 current secrets. `Err` means the whole call failed.
+pub async fn batch_get_secret_value(
+    client: &aws_sdk_secretsmanager::Client,
+    region: &str,
+    ids: &[String],
+) -> Result<Vec<CallResult>, Classified> {
+    let mut results: Vec<Option<CallResult>> = vec![None; ids.len()];
+    let mut next: Option<String> = None;
+    loop {
+        let out = client
+            .batch_get_secret_value()
+            .set_secret_id_list(Some(ids.to_vec()))
+            .set_next_token(next.take())
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        for entry in out.secret_values() {
+            // One secret may be requested under several ids (name, ARN, partial ARN), and the
+            // answer may list it once: every matching id gets the value.
+            for (i, id) in ids.iter().enumerate() {
+                if results[i].is_some() || !secret_matches(id, entry.name(), entry.arn()) {
+                    continue;
+                }
+                let value = match (entry.secret_string(), entry.secret_binary()) {
+                    (Some(s), _) => SecretBytes::new(s.as_bytes().to_vec()),
+                    (None, Some(b)) => SecretBytes::new(b.as_ref().to_vec()),
+                    (None, None) => SecretBytes::default(),
+                };
+                results[i] = Some(Ok(FetchedValue {
+                    value,
+                    version: entry.version_id().unwrap_or_default().to_string(),
+                    region: region.to_string(),
+                }));
+            }
+        }
+        for e in out.errors() {
+            if let Some(i) = ids.iter().position(|id| Some(id.as_str()) == e.secret_id()) {
+                let code = e.error_code().unwrap_or("");
+                results[i] = Some(Err(Classified {
+                    kind: classify_code(code, 0),
+                    message: format!("{code}: {}", e.message().unwrap_or("")),
+                }));
+            }
+        }
+        match out.next_token() {
+            Some(t) if !t.is_empty() && results.iter().any(Option::is_none) => {
+                next = Some(t.to_string())
+            }
+            _ => break,
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(Classified {
+                    kind: Class::NotFound,
+                    message: "missing from the BatchGetSecretValue answer".into(),
+                })
+            })
+        })
+        .collect())
+}
+
+/// Whether a batch answer (`name`, `arn`) is the secret requested as `id` (a name, a full ARN,
+/// or a partial ARN without the 6-character suffix Secrets Manager appends).
+pub fn secret_matches(id: &str, name: Option<&str>, arn: Option<&str>) -> bool {
+    if Some(id) == name || Some(id) == arn {
+        return true;
+    }
+    arn.is_some_and(|a| {
+        a.len() == id.len() + 7 && a.starts_with(id) && a.as_bytes()[id.len()] == b'-'
+    })
+}
+
+/// The name SSM's `GetParameters` takes for a selector: `name`, `name:version` or `name:label`.
+pub fn ssm_request_name(name: &str, selector: &VersionSelector) -> String {
+    match (&selector.version, &selector.label) {
+        (Some(v), _) => format!("{name}:{v}"),
+        (None, Some(l)) => format!("{name}:{l}"),
+        (None, None) => name.to_string(),
+    }
+}
+
+/// One SSM request: base name (or ARN) and selector.
+#[derive(Clone, Debug)]
+pub struct SsmRequest {
+    /// Name or ARN.
+    pub name: String,
+    /// Version or label.
+    pub selector: VersionSelector,
+}
+
+/// `GetParameters` (with decryption) for up to 10 parameters with distinct names.
+pub async fn get_parameters(
+    client: &aws_sdk_ssm::Client,
+    region: &str,
+    requests: &[SsmRequest],
+) -> Result<Vec<CallResult>, Classified> {
+    let names: Vec<String> = requests
+        .iter()
+        .map(|r| ssm_request_name(&r.name, &r.selector))
+        .collect();
+    let out = client
+        .get_parameters()
+        .set_names(Some(names.clone()))
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| classify(&e))?;
+    let mut results: Vec<Option<CallResult>> = vec![None; requests.len()];
+    for p in out.parameters() {
+        // moto leaves `Selector` out, so match on name (or ARN) and, when pinned, the version.
+        let Some(i) = requests.iter().enumerate().position(|(i, r)| {
+            results[i].is_none()
+                && (Some(r.name.as_str()) == p.name() || Some(r.name.as_str()) == p.arn())
+                && r.selector
+                    .version
+                    .as_ref()
+                    .is_none_or(|v| v.parse::<i64>().ok() == Some(p.version()))
+        }) else {
+            continue;
+        };
+        results[i] = Some(Ok(FetchedValue {
+            value: SecretBytes::new(p.value().unwrap_or_default().as_bytes().to_vec()),
+            version: p.version().to_string(),
+            region: region.to_string(),
+        }));
+    }
+    for invalid in out.invalid_parameters() {
+        if let Some(i) = names.iter().position(|n| n == invalid) {
+            results[i] = Some(Err(Classified {
+                kind: Class::NotFound,
+                message: format!(
+                    "ParameterNotFound: {invalid} (or that version/label) does not exist"
+                ),
+            }));
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(Classified {
+                    kind: Class::NotFound,
+                    message: "missing from the GetParameters answer".into(),
+                })
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_answers_match_names_full_and_partial_arns() {
+        let arn = "arn:aws:secretsmanager:us-east-1:1:secret:db-AbCdEf";
+        let cases = [
+            ("db", true),
+            (arn, true),
+            ("arn:aws:secretsmanager:us-east-1:1:secret:db", true),
+            ("arn:aws:secretsmanager:us-east-1:1:secret:d", false),
+            ("dbx", false),
+            ("other", false),
+        ];
+        for (id, want) in cases {
+            assert_eq!(secret_matches(id, Some("db"), Some(arn)), want, "{id}");
+        }
+    }
+
+    #[test]
+    fn ssm_selectors() {
+        let s = |v: Option<&str>, l: Option<&str>| VersionSelector {
+            version: v.map(String::from),
+            label: l.map(String::from),
+        };
+        assert_eq!(ssm_request_name("/a/b", &s(None, None)), "/a/b");
+        assert_eq!(ssm_request_name("/a/b", &s(Some("3"), None)), "/a/b:3");
+        assert_eq!(
+            ssm_request_name("/a/b", &s(None, Some("prod"))),
+            "/a/b:prod"
+        );
+    }
+}

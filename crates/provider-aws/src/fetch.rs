@@ -1,0 +1,366 @@
+//! Fetching objects for one identity in one region: node-level coalescing in front of batched
+//! calls (BatchGetSecretValue ≤ 20, GetParameters ≤ 10), run concurrently, with jittered
+//! exponential backoff on throttling and 5xx, bounded by the mount's deadline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_credential_types::Credentials;
+use futures::future::join_all;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::arn::ObjectKind;
+use crate::calls::{self, SsmRequest};
+use crate::coalesce::{Claim, Coalescer, Lookup};
+use crate::errors::{Class, Classified};
+use crate::identity::IdentityKey;
+use crate::metrics::Metrics;
+use crate::params::VersionSelector;
+use crate::render::FetchedValue;
+
+/// Secrets Manager's BatchGetSecretValue limit.
+pub const SM_BATCH: usize = 20;
+/// SSM GetParameters limit.
+pub const SSM_BATCH: usize = 10;
+
+/// One object to fetch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectRequest {
+    /// Service.
+    pub kind: ObjectKind,
+    /// Name or ARN.
+    pub name: String,
+    /// Version.
+    pub selector: VersionSelector,
+}
+
+/// The coalescing key: never shared across identities (the identity includes the region).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    identity: IdentityKey,
+    object: ObjectRequest,
+}
+
+/// One object's outcome; errors are cheap to clone and share with coalesced waiters.
+pub type FetchResult = Result<FetchedValue, Classified>;
+
+/// Retry and caching knobs.
+#[derive(Clone, Debug)]
+pub struct FetchConfig {
+    /// How long a fetched value serves other mounts of the same identity.
+    pub cache_ttl: Duration,
+    /// How long a denied BatchGetSecretValue is remembered per identity.
+    pub batch_denied_ttl: Duration,
+    /// Attempts per call (1 = no retry), further bounded by the deadline.
+    pub max_attempts: u32,
+    /// First backoff; doubled per attempt, with full jitter.
+    pub backoff_base: Duration,
+    /// Longest single backoff.
+    pub backoff_cap: Duration,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Duration::from_secs(5),
+            batch_denied_ttl: Duration::from_secs(15 * 60),
+            max_attempts: 4,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Fetches objects; shared by every mount on the node.
+pub struct Fetcher {
+    base: SdkConfig,
+    config: FetchConfig,
+    metrics: Metrics,
+    coalescer: Arc<Coalescer<ObjectKey, FetchResult>>,
+    batch_denied: Mutex<HashMap<IdentityKey, Instant>>,
+}
+
+enum Pending {
+    Done(FetchResult),
+    Wait(crate::coalesce::Waiter<FetchResult>),
+    Claimed(usize),
+}
+
+impl Fetcher {
+    /// A fetcher using `base` (endpoints, HTTP client; no credentials).
+    pub fn new(base: SdkConfig, config: FetchConfig, metrics: Metrics) -> Self {
+        Self {
+            base,
+            config,
+            metrics,
+            coalescer: Arc::default(),
+            batch_denied: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Fetches `objects` as `identity` (in `identity.region`), one result per object, in order.
+    pub async fn fetch(
+        &self,
+        identity: &IdentityKey,
+        creds: &Credentials,
+        objects: &[ObjectRequest],
+        deadline: Instant,
+    ) -> Vec<FetchResult> {
+        let mut claims: Vec<Claim<ObjectKey, FetchResult>> = Vec::new();
+        let mut pending = Vec::with_capacity(objects.len());
+        for object in objects {
+            let key = ObjectKey {
+                identity: identity.clone(),
+                object: object.clone(),
+            };
+            pending.push(match self.coalescer.lookup(&key) {
+                Lookup::Hit(v) => {
+                    self.metrics.coalesced("hit");
+                    Pending::Done(v)
+                }
+                Lookup::Wait(w) => {
+                    self.metrics.coalesced("wait");
+                    Pending::Wait(w)
+                }
+                Lookup::Claimed(c) => {
+                    self.metrics.coalesced("fetch");
+                    claims.push(c);
+                    Pending::Claimed(claims.len() - 1)
+                }
+            });
+        }
+
+        let claimed: Vec<ObjectRequest> = claims.iter().map(|c| c.key().object.clone()).collect();
+        let fetched = self
+            .fetch_uncached(identity, creds, &claimed, deadline)
+            .await;
+        let mut fetched: Vec<Option<FetchResult>> = fetched.into_iter().map(Some).collect();
+        for (claim, result) in claims.into_iter().zip(fetched.iter()) {
+            let result = result.clone().expect("one result per claim");
+            let ttl = if result.is_ok() {
+                self.config.cache_ttl
+            } else {
+                Duration::ZERO
+            };
+            claim.complete(result, ttl);
+        }
+
+        let mut out = Vec::with_capacity(objects.len());
+        for (object, p) in objects.iter().zip(pending) {
+            out.push(match p {
+                Pending::Done(v) => v,
+                Pending::Claimed(i) => fetched[i].take().expect("taken once"),
+                Pending::Wait(w) => match w.wait().await {
+                    Some(v) => v,
+                    // The fetching mount gave up (cancelled); fetch this one ourselves.
+                    None => {
+                        let key = ObjectKey {
+                            identity: identity.clone(),
+                            object: object.clone(),
+                        };
+                        let ttl = self.config.cache_ttl;
+                        self.coalescer
+                            .get_or_fetch(
+                                &key,
+                                |r| if r.is_ok() { ttl } else { Duration::ZERO },
+                                || async {
+                                    let one = std::slice::from_ref(object);
+                                    self.fetch_uncached(identity, creds, one, deadline)
+                                        .await
+                                        .pop()
+                                        .expect("one result")
+                                },
+                            )
+                            .await
+                    }
+                },
+            });
+        }
+        out
+    }
+
+    /// Fetches without the coalescer: groups into batches and runs them concurrently.
+    async fn fetch_uncached(
+        &self,
+        identity: &IdentityKey,
+        creds: &Credentials,
+        objects: &[ObjectRequest],
+        deadline: Instant,
+    ) -> Vec<FetchResult> {
+        if objects.is_empty() {
+            return Vec::new();
+        }
+        let region = identity.region.as_str();
+        let sm = calls::secretsmanager(&self.base, creds, region);
+        let ssm = calls::ssm(&self.base, creds, region);
+        let batch_ok = !self.batch_is_denied(identity);
+
+        let mut sm_batches: Vec<Vec<usize>> = Vec::new();
+        let mut singles: Vec<usize> = Vec::new();
+        let mut ssm_batches: Vec<Vec<usize>> = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            match o.kind {
+                ObjectKind::SecretsManager if batch_ok && o.selector.is_latest() => {
+                    match sm_batches.last_mut() {
+                        Some(b) if b.len() < SM_BATCH => b.push(i),
+                        _ => sm_batches.push(vec![i]),
+                    }
+                }
+                ObjectKind::SecretsManager => singles.push(i),
+                ObjectKind::SsmParameter => {
+                    // A batch never holds one name twice: answers are matched by name.
+                    let slot = ssm_batches.iter_mut().find(|b| {
+                        b.len() < SSM_BATCH && b.iter().all(|&j| objects[j].name != o.name)
+                    });
+                    match slot {
+                        Some(b) => b.push(i),
+                        None => ssm_batches.push(vec![i]),
+                    }
+                }
+            }
+        }
+
+        let mut jobs: Vec<futures::future::BoxFuture<'_, Vec<(usize, FetchResult)>>> = Vec::new();
+        for batch in sm_batches {
+            let (sm, objects) = (&sm, objects);
+            jobs.push(Box::pin(async move {
+                let ids: Vec<String> = batch.iter().map(|&i| objects[i].name.clone()).collect();
+                let r = self
+                    .retrying(deadline, "secretsmanager", "BatchGetSecretValue", || {
+                        calls::batch_get_secret_value(sm, region, &ids)
+                    })
+                    .await;
+                match r {
+                    Ok(results) => batch.into_iter().zip(results).collect(),
+                    Err(e) if e.kind == Class::AccessDenied => {
+                        self.remember_batch_denied(identity, &e);
+                        join_all(batch.into_iter().map(|i| async move {
+                            (i, self.get_one(sm, region, &objects[i], deadline).await)
+                        }))
+                        .await
+                    }
+                    Err(e) => batch.into_iter().map(|i| (i, Err(e.clone()))).collect(),
+                }
+            }));
+        }
+        for i in singles {
+            let sm = &sm;
+            jobs.push(Box::pin(async move {
+                vec![(i, self.get_one(sm, region, &objects[i], deadline).await)]
+            }));
+        }
+        for batch in ssm_batches {
+            let ssm = &ssm;
+            jobs.push(Box::pin(async move {
+                let reqs: Vec<SsmRequest> = batch
+                    .iter()
+                    .map(|&i| SsmRequest {
+                        name: objects[i].name.clone(),
+                        selector: objects[i].selector.clone(),
+                    })
+                    .collect();
+                let r = self
+                    .retrying(deadline, "ssm", "GetParameters", || {
+                        calls::get_parameters(ssm, region, &reqs)
+                    })
+                    .await;
+                match r {
+                    Ok(results) => batch.into_iter().zip(results).collect(),
+                    Err(e) => batch.into_iter().map(|i| (i, Err(e.clone()))).collect(),
+                }
+            }));
+        }
+
+        let mut out: Vec<Option<FetchResult>> = vec![None; objects.len()];
+        for (i, r) in join_all(jobs).await.into_iter().flatten() {
+            out[i] = Some(r);
+        }
+        out.into_iter()
+            .map(|r| r.expect("every object is in exactly one job"))
+            .collect()
+    }
+
+    async fn get_one(
+        &self,
+        sm: &aws_sdk_secretsmanager::Client,
+        region: &str,
+        o: &ObjectRequest,
+        deadline: Instant,
+    ) -> FetchResult {
+        self.retrying(deadline, "secretsmanager", "GetSecretValue", || {
+            calls::get_secret_value(sm, region, &o.name, &o.selector)
+        })
+        .await
+    }
+
+    /// Runs `call` with jittered exponential backoff on retryable failures, within `deadline`.
+    async fn retrying<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        service: &str,
+        operation: &str,
+        mut call: F,
+    ) -> Result<T, Classified>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Classified>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let r = match tokio::time::timeout(remaining, call()).await {
+                Ok(r) => r,
+                Err(_) => Err(Classified {
+                    kind: Class::Unavailable,
+                    message: format!("{operation} did not finish before the mount deadline"),
+                }),
+            };
+            let outcome = if r.is_ok() { "ok" } else { "error" };
+            self.metrics.api_call(service, operation, outcome);
+            let err = match r {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if !err.retryable() || attempt >= self.config.max_attempts {
+                return Err(err);
+            }
+            let cap = self
+                .config
+                .backoff_base
+                .saturating_mul(1 << attempt.min(16))
+                .min(self.config.backoff_cap);
+            let sleep = cap.mul_f64(rand::rng().random_range(0.0..=1.0));
+            if Instant::now() + sleep >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(operation, attempt, error = %err.message, "retrying AWS call");
+            tokio::time::sleep(sleep).await;
+        }
+    }
+
+    fn batch_is_denied(&self, identity: &IdentityKey) -> bool {
+        let map = self.batch_denied.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(identity)
+            .is_some_and(|until| *until > Instant::now())
+    }
+
+    fn remember_batch_denied(&self, identity: &IdentityKey, e: &Classified) {
+        let mut map = self.batch_denied.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let fresh = map.get(identity).is_none_or(|until| *until <= now);
+        map.insert(identity.clone(), now + self.config.batch_denied_ttl);
+        if fresh {
+            self.metrics.batch_denied();
+            tracing::warn!(
+                identity = %identity,
+                error = %e.message,
+                "BatchGetSecretValue is denied for this identity; using GetSecretValue per secret \
+                 (grant secretsmanager:BatchGetSecretValue to save API calls)"
+            );
+        }
+    }
+}

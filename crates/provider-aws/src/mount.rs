@@ -1,0 +1,219 @@
+//! One mount: validate, resolve identity, fetch (primary, then failover where it can help),
+//! render. Every failure becomes a `ProviderError` naming the object and the cause.
+
+use secrets_store_provider::{
+    MountRequest, MountResponse, ProviderError, ProviderErrorKind as Kind,
+};
+use tokio::time::Instant;
+
+use crate::AwsProviderConfig;
+use crate::errors::{Class, Classified};
+use crate::fetch::{FetchResult, Fetcher, ObjectRequest};
+use crate::identity::{IdentityError, IdentityKey, IdentityResolver};
+use crate::metrics::Metrics;
+use crate::params::{self, MountParameters, ObjectSpec};
+use crate::render;
+
+pub(crate) struct Mounter {
+    pub(crate) config: AwsProviderConfig,
+    pub(crate) resolver: IdentityResolver,
+    pub(crate) fetcher: Fetcher,
+    pub(crate) metrics: Metrics,
+}
+
+fn identity_error(e: IdentityError) -> ProviderError {
+    ProviderError::new(e.kind(), e.to_string())
+}
+
+/// The message and kind for one object's failure.
+pub(crate) fn object_error(
+    spec: &ObjectSpec,
+    region: &str,
+    identity: &IdentityKey,
+    e: &Classified,
+) -> (Kind, String) {
+    let (kind, what) = match e.kind {
+        Class::AccessDenied => (
+            Kind::PermissionDenied,
+            format!("access denied for {identity}: {}", e.message),
+        ),
+        Class::BadCredentials => (
+            Kind::Unauthenticated,
+            format!("credentials of {identity} rejected: {}", e.message),
+        ),
+        Class::NotFound => (Kind::NotFound, format!("not found: {}", e.message)),
+        Class::Throttled => (
+            Kind::Throttled,
+            format!("throttled beyond the retry budget: {}", e.message),
+        ),
+        Class::Unavailable => (Kind::Unavailable, format!("unavailable: {}", e.message)),
+        Class::Other => (Kind::Internal, e.message.clone()),
+    };
+    (
+        kind,
+        format!("object {:?} ({}) in {region}: {what}", spec.name, spec.kind),
+    )
+}
+
+impl Mounter {
+    pub(crate) async fn mount(&self, req: MountRequest) -> Result<MountResponse, ProviderError> {
+        let deadline = Instant::now() + self.config.mount_timeout;
+        let params = params::parse(&req.attributes.0, self.config.default_region.as_deref())
+            .map_err(|e| ProviderError::new(Kind::InvalidParameters, e.to_string()))?;
+        render::check_expressions(&params.objects)
+            .map_err(|e| ProviderError::new(Kind::InvalidParameters, e.to_string()))?;
+
+        let primary = self
+            .resolver
+            .identity(&params, &params.region)
+            .await
+            .map_err(identity_error)?;
+        let creds = self
+            .resolver
+            .credentials(&primary, &params, &req.attributes)
+            .await
+            .map_err(identity_error)?;
+        let requests: Vec<ObjectRequest> = params
+            .objects
+            .iter()
+            .map(|o| ObjectRequest {
+                kind: o.kind,
+                name: o.name.clone(),
+                selector: o.selector.clone(),
+            })
+            .collect();
+        let mut results = self
+            .fetcher
+            .fetch(&primary, &creds, &requests, deadline)
+            .await;
+        let mut served_by: Vec<IdentityKey> = vec![primary.clone(); results.len()];
+
+        if results
+            .iter()
+            .any(|r| matches!(r, Err(e) if e.kind == Class::BadCredentials))
+        {
+            self.resolver.invalidate(&primary);
+        }
+        if let Some(region) = &params.failover_region {
+            self.failover(
+                &params,
+                &req,
+                region,
+                deadline,
+                &mut results,
+                &mut served_by,
+            )
+            .await;
+        }
+
+        let mut failures = Vec::new();
+        let mut files = Vec::new();
+        let mut versions = Vec::new();
+        for ((spec, result), identity) in params.objects.iter().zip(results).zip(&served_by) {
+            match result {
+                Ok(value) => {
+                    match render::render_object(spec, &value, req.permission) {
+                        Ok((f, v)) => {
+                            files.extend(f);
+                            versions.extend(v);
+                        }
+                        Err(e) => failures.push((Kind::InvalidParameters, e.to_string())),
+                    }
+                    if value.region != params.region {
+                        tracing::info!(object = %spec.name, region = %value.region, "served by the failover region");
+                    }
+                }
+                Err(e) => failures.push(object_error(spec, &identity.region, identity, &e)),
+            }
+        }
+        if let Some((kind, _)) = failures.first() {
+            let kind = *kind;
+            let message = failures
+                .into_iter()
+                .map(|(_, m)| m)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ProviderError::new(kind, message));
+        }
+        tracing::info!(
+            namespace = %params.pod.namespace,
+            pod = %params.pod.name,
+            identity = %primary,
+            files = files.len(),
+            "mounted AWS objects"
+        );
+        Ok(MountResponse {
+            files,
+            object_versions: versions,
+        })
+    }
+
+    /// Retries, in the failover region, the objects whose primary fetch failed with a
+    /// retryable/regional error. Other errors (denied, not found) are the answer as they are.
+    async fn failover(
+        &self,
+        params: &MountParameters,
+        req: &MountRequest,
+        region: &str,
+        deadline: Instant,
+        results: &mut [FetchResult],
+        served_by: &mut [IdentityKey],
+    ) {
+        let failed: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(e) if e.retryable()))
+            .map(|(i, _)| i)
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        let identity = match self.resolver.identity(params, region).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(region, error = %e, "failover identity unavailable");
+                return;
+            }
+        };
+        let creds = match self
+            .resolver
+            .credentials(&identity, params, &req.attributes)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(region, error = %e, "failover credentials unavailable");
+                return;
+            }
+        };
+        let requests: Vec<ObjectRequest> = failed
+            .iter()
+            .map(|&i| {
+                let o = &params.objects[i];
+                match &o.failover {
+                    Some(f) => ObjectRequest {
+                        kind: o.kind,
+                        name: f.name.clone(),
+                        selector: f.selector.clone(),
+                    },
+                    None => ObjectRequest {
+                        kind: o.kind,
+                        name: o.name.clone(),
+                        selector: o.selector.clone(),
+                    },
+                }
+            })
+            .collect();
+        let answers = self
+            .fetcher
+            .fetch(&identity, &creds, &requests, deadline)
+            .await;
+        for (&i, answer) in failed.iter().zip(answers) {
+            if answer.is_ok() {
+                self.metrics.failover();
+            }
+            results[i] = answer;
+            served_by[i] = identity.clone();
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! Table tests for every parameter rule and its message.
+
+use std::collections::BTreeMap;
+
+use super::*;
+
+const ARN_SM: &str = "arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf";
+const ARN_SSM: &str = "arn:aws:ssm:us-east-1:123456789012:parameter/app/p";
+
+fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    m.entry("csi.storage.k8s.io/pod.namespace".into())
+        .or_insert_with(|| "ns".into());
+    m.entry("csi.storage.k8s.io/pod.name".into())
+        .or_insert_with(|| "pod".into());
+    m.entry("csi.storage.k8s.io/serviceAccount.name".into())
+        .or_insert_with(|| "sa".into());
+    m
+}
+
+fn objects(yaml: &str) -> BTreeMap<String, String> {
+    attrs(&[("objects", yaml), ("region", "us-east-1")])
+}
+
+fn ok(a: BTreeMap<String, String>) -> MountParameters {
+    parse(&a, None).unwrap_or_else(|e| panic!("expected valid: {e}"))
+}
+
+#[test]
+fn invalid_parameters_table() {
+    let one = "- objectName: a\n  objectType: secretsmanager\n";
+    let cases: Vec<(BTreeMap<String, String>, Option<&str>, &str)> = vec![
+        (
+            attrs(&[("objects", one)]),
+            None,
+            "parameter region: not set",
+        ),
+        (
+            attrs(&[("objects", one), ("region", "")]),
+            Some(""),
+            "parameter region: not set",
+        ),
+        (
+            attrs(&[
+                ("objects", one),
+                ("region", "us-east-1"),
+                ("failoverRegion", "us-east-1"),
+            ]),
+            None,
+            "failover region cannot be the same as the primary region",
+        ),
+        (
+            attrs(&[
+                ("objects", one),
+                ("region", "us-east-1"),
+                ("pathTranslation", "ab"),
+            ]),
+            None,
+            "parameter pathTranslation: must be either 'False' or a single character",
+        ),
+        (
+            attrs(&[
+                ("objects", one),
+                ("region", "us-east-1"),
+                ("pathTranslation", "é"),
+            ]),
+            None,
+            "parameter pathTranslation",
+        ),
+        (
+            attrs(&[
+                ("objects", one),
+                ("region", "us-east-1"),
+                ("pathTranslation", "/"),
+            ]),
+            None,
+            "parameter pathTranslation",
+        ),
+        (
+            attrs(&[
+                ("objects", one),
+                ("region", "us-east-1"),
+                ("usePodIdentity", "yes"),
+            ]),
+            None,
+            "parameter usePodIdentity: \"yes\" is not a boolean",
+        ),
+        (
+            attrs(&[
+                ("objects", one),
+                ("region", "us-east-1"),
+                ("preferredAddressType", "ipv5"),
+            ]),
+            None,
+            "parameter preferredAddressType: \"ipv5\" is not one of ipv4, ipv6, auto",
+        ),
+        (
+            attrs(&[("region", "us-east-1")]),
+            None,
+            "parameter objects: missing or empty",
+        ),
+        (objects("   "), None, "parameter objects: missing or empty"),
+        (objects("[]"), None, "parameter objects: lists no objects"),
+        (objects("~"), None, "parameter objects: lists no objects"),
+        (
+            objects("- objectName: [a"),
+            None,
+            "parameter objects: invalid YAML",
+        ),
+        (
+            objects("objectName: a"),
+            None,
+            "parameter objects: invalid YAML",
+        ),
+    ];
+    for (a, default_region, want) in cases {
+        let err = parse(&a, default_region).expect_err(want).to_string();
+        assert!(err.contains(want), "want {want:?}, got {err:?}");
+    }
+}
+
+#[test]
+fn invalid_objects_table() {
+    // (objects yaml, failover region, expected message fragment)
+    let cases: &[(&str, Option<&str>, &str)] = &[
+        (
+            "- objectType: secretsmanager",
+            None,
+            "object \"#0\": objectName: must be specified",
+        ),
+        (
+            "- objectName: a",
+            None,
+            "object \"a\": objectType: must use objectType when a full ARN is not specified",
+        ),
+        (
+            "- objectName: a\n  objectType: ssm",
+            None,
+            "object \"a\": objectType: invalid objectType: ssm",
+        ),
+        (
+            "- objectName: a\n  objectType: s3",
+            None,
+            "objectType: invalid objectType: s3",
+        ),
+        (
+            "- objectName: arn:aws:secretsmanager",
+            None,
+            "objectName: invalid ARN format",
+        ),
+        (
+            "- objectName: arn:aws:secretsmanager:us-west-2:1:secret:a",
+            None,
+            "objectName: ARN region must match region us-east-1",
+        ),
+        (
+            "- objectName: arn:aws:s3:us-east-1:1:bucket",
+            None,
+            "objectName: invalid service in ARN: s3",
+        ),
+        (
+            &const_format(ARN_SM, "ssmparameter"),
+            None,
+            "objectType: objectType does not match ARN",
+        ),
+        (
+            "- objectName: p\n  objectType: ssmparameter\n  objectVersion: '1'\n  objectVersionLabel: l",
+            None,
+            "object \"p\": objectVersion: ssm parameters can not specify both objectVersion and objectVersionLabel",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: ..",
+            None,
+            "object \"a\": objectAlias: path \"..\" can not contain ..",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: ..data",
+            None,
+            "can not start a component with ..",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: .",
+            None,
+            "can not contain a . component",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  filePermission: '0999'",
+            None,
+            "object \"a\": filePermission: \"0999\" is not an octal permission",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  filePermission: '7777'",
+            None,
+            "filePermission: \"7777\": only permission bits",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  filePermission: rw",
+            None,
+            "filePermission: \"rw\" is not an octal permission",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  jmesPath:\n  - objectAlias: x",
+            None,
+            "object \"a\": jmesPath: entry 0: path must be specified",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  jmesPath:\n  - path: x",
+            None,
+            "object \"a\": jmesPath: entry 0 (x): objectAlias must be specified",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  jmesPath:\n  - path: x\n    objectAlias: '..'",
+            None,
+            "jmesPath: entry 0 (x): path \"..\" can not contain ..",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  jmesPath:\n  - path: x\n    objectAlias: y\n    filePermission: '08'",
+            None,
+            "jmesPath: entry 0 (x): filePermission",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  failoverObject:\n    objectName: b",
+            Some("us-west-2"),
+            "object \"a\": failoverObject: objectAlias must be specified for objects with failover entries",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: x\n  failoverObject:\n    objectName: b",
+            None,
+            "failoverObject: allowed only when the failoverRegion parameter is set",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: x\n  failoverObject:\n    objectName: arn:aws:secretsmanager:us-east-1:1:secret:b",
+            Some("us-west-2"),
+            "failoverObject.objectName: ARN region must match region us-west-2",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: x\n  failoverObject:\n    objectName: arn:aws:ssm:us-west-2:1:parameter/b",
+            Some("us-west-2"),
+            "failoverObject.objectName: objectType does not match ARN",
+        ),
+        (
+            "- objectName: a\n  objectType: ssmparameter\n  objectAlias: x\n  failoverObject:\n    objectName: b\n    objectVersion: '1'\n    objectVersionLabel: l",
+            Some("us-west-2"),
+            "failoverObject: ssm parameters can not specify both",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: x\n  objectVersion: v1\n  failoverObject:\n    objectName: b\n    objectVersion: v2",
+            Some("us-west-2"),
+            "failoverObject.objectVersion: object versions must match between primary and failover regions",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n- objectName: a\n  objectType: secretsmanager",
+            None,
+            "duplicate object name: no object alias, and no version label",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: x\n- objectName: a\n  objectType: secretsmanager\n  objectAlias: x",
+            None,
+            "duplicate object name: duplicate object alias x, and no version label",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectVersionLabel: L\n- objectName: a\n  objectType: secretsmanager\n  objectVersionLabel: L",
+            None,
+            "duplicate object name: no object alias, and duplicate version label L",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: x\n  objectVersionLabel: L\n- objectName: a\n  objectType: secretsmanager\n  objectAlias: x\n  objectVersionLabel: L",
+            None,
+            "duplicate object alias x, and duplicate version label L",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: x\n- objectName: b\n  objectType: secretsmanager\n  objectAlias: x",
+            None,
+            "object \"b\": objectAlias: duplicate object alias x",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: x\n  jmesPath:\n  - path: p\n    objectAlias: x",
+            None,
+            "jmesPath: duplicate object alias x in entry p",
+        ),
+        // Our gaps: same file from different objects.
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  objectVersionLabel: L1\n- objectName: a\n  objectType: secretsmanager\n  objectVersionLabel: L2",
+            None,
+            "writes file \"a\", which object \"a\" also writes",
+        ),
+        (
+            "- objectName: a/b\n  objectType: secretsmanager\n- objectName: a_b\n  objectType: ssmparameter",
+            None,
+            "object \"a_b\": objectAlias: writes file \"a_b\", which object \"a/b\" also writes",
+        ),
+        (
+            "- objectName: a\n  objectType: secretsmanager\n  jmesPath:\n  - path: p\n    objectAlias: b\n- objectName: b\n  objectType: secretsmanager",
+            None,
+            "writes file \"b\", which object \"a\" also writes",
+        ),
+    ];
+    for (yaml, failover, want) in cases {
+        let mut a = objects(yaml);
+        if let Some(f) = failover {
+            a.insert("failoverRegion".into(), f.to_string());
+        }
+        let err = parse(&a, None).expect_err(want).to_string();
+        assert!(
+            err.contains(want),
+            "yaml:\n{yaml}\nwant {want:?}\ngot  {err:?}"
+        );
+    }
+}
+
+fn const_format(arn: &str, object_type: &str) -> String {
+    format!("- objectName: {arn}\n  objectType: {object_type}")
+}
+
+#[test]
+fn path_traversal_with_translation_off() {
+    for (name, want) in [
+        ("../etc/passwd", Some("can not contain ..")),
+        ("a/../../b", Some("can not contain ..")),
+        ("a/..", Some("can not contain ..")),
+        ("..", Some("can not contain ..")),
+        ("a//b", Some("empty component")),
+        ("/abs/path", None),
+        ("dir/file", None),
+    ] {
+        let yaml = format!("- objectName: {name}\n  objectType: ssmparameter");
+        let mut a = objects(&yaml);
+        a.insert("pathTranslation".into(), "False".into());
+        match (parse(&a, None), want) {
+            (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{name}: {e}"),
+            (Ok(p), None) => assert_eq!(p.objects[0].file_name, name.trim_start_matches('/')),
+            (r, w) => panic!("{name}: got {r:?}, want {w:?}"),
+        }
+    }
+    // With the default translation, slashes become `_` so `..` cannot escape, but a name
+    // starting with `..` is still refused: the driver's atomic writer owns such names (as
+    // kubelet's does, so the upstream driver refuses them too).
+    let e = parse(
+        &objects("- objectName: ../etc/passwd\n  objectType: ssmparameter"),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("\".._etc_passwd\" can not start a component with .."),
+        "{e}"
+    );
+    let p = ok(objects("- objectName: a/../b\n  objectType: ssmparameter"));
+    assert_eq!(p.objects[0].file_name, "a_.._b");
+    let e = parse(
+        &objects("- objectName: '..'\n  objectType: ssmparameter"),
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("can not contain .."), "{e}");
+}
+
+#[test]
+fn full_valid_class() {
+    let yaml = format!(
+        r#"
+- objectName: "MySecret"
+  objectType: "secretsmanager"
+  filePermission: "0600"
+  jmesPath:
+    - path: username
+      objectAlias: dbuser
+    - path: '"my-key"'
+      objectAlias: hyphen
+      filePermission: "0400"
+- objectName: "{ARN_SM}"
+  objectAlias: byarn
+- objectName: "arn:aws:secretsmanager:us-east-1:123456789012:secret:partial"
+  objectVersion: "EXAMPLE1-90ab-cdef-fedc-ba987EXAMPLE"
+- objectName: /app/param
+  objectType: ssmparameter
+  objectVersionLabel: prod
+- objectName: "{ARN_SSM}"
+  objectVersion: "3"
+- objectName: staged
+  objectType: secretsmanager
+  objectVersionLabel: AWSPREVIOUS
+  objectAlias: staged-prev
+  failoverObject:
+    objectName: "arn:aws:secretsmanager:us-west-2:123456789012:secret:staged"
+    objectVersionLabel: AWSPREVIOUS
+  objectTemplate: ignored-like-ascp
+"#
+    );
+    let p = parse(
+        &attrs(&[
+            ("objects", &yaml),
+            ("failoverRegion", "us-west-2"),
+            ("usePodIdentity", "True"),
+            ("preferredAddressType", "IPv6"),
+        ]),
+        Some("us-east-1"),
+    )
+    .unwrap();
+    assert_eq!(p.region, "us-east-1", "default region used");
+    assert_eq!(p.failover_region.as_deref(), Some("us-west-2"));
+    assert!(p.use_pod_identity);
+    assert_eq!(p.address_type, AddressType::Ipv6);
+    assert_eq!(
+        p.pod,
+        PodInfo {
+            namespace: "ns".into(),
+            name: "pod".into(),
+            service_account: "sa".into()
+        }
+    );
+    let names: Vec<_> = p.objects.iter().map(|o| o.file_name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "MySecret",
+            "byarn",
+            "arn:aws:secretsmanager:us-east-1:123456789012:secret:partial",
+            "_app_param",
+            "arn:aws:ssm:us-east-1:123456789012:parameter_app_p",
+            "staged-prev"
+        ]
+    );
+    let o = &p.objects;
+    assert_eq!(o[0].mode, Some(0o600));
+    assert_eq!(o[0].jmes[1].path, "\"my-key\"");
+    assert_eq!(o[0].jmes[1].mode, Some(0o400));
+    assert_eq!(o[1].kind, ObjectKind::SecretsManager);
+    assert!(o[1].selector.is_latest());
+    assert_eq!(
+        o[2].selector.version.as_deref(),
+        Some("EXAMPLE1-90ab-cdef-fedc-ba987EXAMPLE")
+    );
+    assert_eq!(o[3].kind, ObjectKind::SsmParameter);
+    assert_eq!(o[3].selector.label.as_deref(), Some("prod"));
+    assert_eq!(o[4].kind, ObjectKind::SsmParameter);
+    let f = o[5].failover.as_ref().expect("failover");
+    assert_eq!(f.selector.label.as_deref(), Some("AWSPREVIOUS"));
+}
+
+#[test]
+fn explicit_region_wins_and_defaults_apply() {
+    let p = parse(
+        &attrs(&[
+            ("objects", "- objectName: a\n  objectType: secretsmanager"),
+            ("region", "eu-central-1"),
+        ]),
+        Some("us-east-1"),
+    )
+    .unwrap();
+    assert_eq!(p.region, "eu-central-1");
+    assert!(!p.use_pod_identity);
+    assert_eq!(p.address_type, AddressType::Auto);
+    assert!(p.failover_region.is_none());
+}
+
+#[test]
+fn path_translation_variants() {
+    for (value, want) in [
+        ("", "a_b_c"),
+        ("-", "a-b-c"),
+        ("false", "a/b/c"),
+        ("FALSE", "a/b/c"),
+    ] {
+        let mut a =
+            objects("- objectName: /a/b/c\n  objectType: ssmparameter\n  objectAlias: a/b/c");
+        a.insert("pathTranslation".into(), value.into());
+        assert_eq!(
+            ok(a).objects[0].file_name,
+            want,
+            "pathTranslation {value:?}"
+        );
+    }
+    assert_eq!(file_name("/x/y", PathTranslation::Replace('_')), "_x_y");
+    assert_eq!(file_name("//x/y", PathTranslation::Off), "x/y");
+}
+
+#[test]
+fn use_pod_identity_accepts_go_booleans() {
+    for (s, want) in [
+        ("1", true),
+        ("t", true),
+        ("TRUE", true),
+        ("0", false),
+        ("False", false),
+    ] {
+        let mut a = objects("- objectName: a\n  objectType: secretsmanager");
+        a.insert("usePodIdentity".into(), s.into());
+        assert_eq!(ok(a).use_pod_identity, want, "{s}");
+    }
+}
+
+#[test]
+fn same_name_told_apart_by_alias_or_label_is_fine() {
+    let p = ok(objects(
+        "- objectName: a\n  objectType: secretsmanager\n  objectAlias: cur\n- objectName: a\n  objectType: secretsmanager\n  objectAlias: prev\n  objectVersionLabel: AWSPREVIOUS",
+    ));
+    assert_eq!(p.objects.len(), 2);
+}
+
+#[test]
+fn modes() {
+    assert_eq!(parse_mode("0600"), Ok(0o600));
+    assert_eq!(parse_mode("644"), Ok(0o644));
+    assert_eq!(parse_mode("0o640"), Ok(0o640));
+    assert!(parse_mode("").is_err());
+    assert!(parse_mode("-1").is_err());
+    assert!(parse_mode("00000").is_err());
+}
+
+#[test]
+fn file_name_checks() {
+    for bad in ["", "..", "a/..", "../a", "a/./b", "a\0b", "..data", "x/..y"] {
+        assert!(check_file_name(bad).is_err(), "{bad:?} accepted");
+    }
+    for good in ["a", "a.b", "a..b", ".hidden", "dir/file", "x y"] {
+        assert!(check_file_name(good).is_ok(), "{good:?} refused");
+    }
+}
