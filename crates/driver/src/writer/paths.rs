@@ -76,12 +76,14 @@ pub fn validate_path(path: &str) -> Result<(), PathError> {
 mod tests {
     use super::*;
 
+    type Check = Result<(), fn(&PathError) -> bool>;
+
     #[test]
     fn table() {
         let long_element = "a".repeat(256);
         let ok_element = "a".repeat(255);
         let long_path = ["a"; 2049].join("/");
-        let cases: Vec<(&str, Result<(), fn(&PathError) -> bool>)> = vec![
+        let cases: Vec<(&str, Check)> = vec![
             ("a", Ok(())),
             ("a/b/c.txt", Ok(())),
             ("a..b", Ok(())),
