@@ -110,7 +110,8 @@ go_install() {
   if [[ ! -x "$dest/$name" ]]; then
     need_go; log "building $name $version"
     mkdir -p "$dest"
-    GOBIN="$dest" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$pkg@$version"
+    # Explicit `|| return`: callers use `go_install ... || die`, which disables `set -e` in here.
+    GOBIN="$dest" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" "$pkg@$version" || return 1
   fi
   link "$name" "$dest/$name"
 }
