@@ -1,5 +1,10 @@
 //! The Kubernetes side of a mount: Secrets synced from `secretObjects`, how long they live,
 //! rotation and the rollout of workloads when a synced Secret changes.
 
+pub mod consumers;
+pub mod desired;
 pub mod lifetime;
+mod syncer;
 pub mod tls;
+
+pub use syncer::{ClassLookup, MountedVolume, SecretSync, SyncError, SyncReport};

@@ -54,8 +54,7 @@ pub fn tls_part(bundle: &[u8], key: &str) -> Result<SecretBytes, TlsError> {
         TLS_PRIVATE_KEY_KEY => {
             let block = blocks
                 .into_iter()
-                .filter(|b| b.tag() != "CERTIFICATE")
-                .next_back()
+                .rfind(|b| b.tag() != "CERTIFICATE")
                 .ok_or(TlsError::Missing("private key"))?;
             let (tag, der) = normalize_private_key(block.contents())?;
             Ok(SecretBytes::from(pem::encode(&pem::Pem::new(tag, der))))
