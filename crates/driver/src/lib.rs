@@ -19,3 +19,14 @@ pub use metrics::Metrics;
 pub use mounter::Mounter;
 pub use volume_context::VolumeContext;
 pub use writer::AtomicWriter;
+
+pub mod classes;
+pub mod csi;
+pub mod node;
+pub mod providers;
+pub mod registration;
+pub mod server;
+pub mod status;
+
+pub use node::{AfterMount, MountedVolume, NodeConfig, NodeService};
+pub use providers::{DEFAULT_PROVIDER_VOLUME, ExternalConnector, ProviderRegistry};

@@ -1,0 +1,394 @@
+//! The publish/unpublish logic, independent of the gRPC types (see [`crate::csi`] for those).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use kube::runtime::events::EventType;
+use secrets_store_api::crd::SecretProviderClass;
+use secrets_store_provider::{
+    DEFAULT_FILE_PERMISSION, MountRequest, ObjectVersion, ProviderError, ProviderErrorKind,
+    ProviderFile, SecretBytes,
+};
+
+use crate::classes::ClassCache;
+use crate::error::{PublishError, UnpublishError};
+use crate::locks::VolumeLocks;
+use crate::metrics::Metrics;
+use crate::mounter::Mounter;
+use crate::providers::ProviderRegistry;
+use crate::status::{PodEffects, pod_reference, pod_status};
+use crate::volume_context::{TOKENS_KEY, VolumeContext};
+use crate::writer::{AtomicWriter, WriteOutcome};
+
+/// What a successful provider call produced, handed to [`AfterMount`] hooks.
+#[derive(Debug)]
+pub struct MountedVolume<'a> {
+    /// The parsed volume context (pod identity, class name).
+    pub context: &'a VolumeContext,
+    /// The SecretProviderClass used.
+    pub class: &'a SecretProviderClass,
+    /// The volume's target path (files are readable there).
+    pub target_path: &'a Path,
+    /// The files the provider returned (empty when the provider wrote them itself).
+    pub files: &'a [ProviderFile],
+    /// The mounted objects' versions, sorted.
+    pub object_versions: &'a [ObjectVersion],
+}
+
+/// A step run after files are written and before publish returns (secret sync plugs in here).
+/// An error fails the publish with [`PublishError::AfterMount`].
+#[async_trait]
+pub trait AfterMount: Send + Sync + 'static {
+    /// The hook's name, used in errors and logs.
+    fn name(&self) -> &str;
+    /// Runs the step. The error message must not contain secret values.
+    async fn after_mount(&self, volume: &MountedVolume<'_>) -> Result<(), String>;
+}
+
+/// The parts of a `NodePublishVolumeRequest` the service uses.
+#[derive(Clone, Default)]
+pub struct PublishRequest {
+    /// CSI volume id.
+    pub volume_id: String,
+    /// kubelet's target path.
+    pub target_path: String,
+    /// Whether a volume capability was sent.
+    pub has_capability: bool,
+    /// Whether the capability asks for a block device.
+    pub block: bool,
+    /// The volume's `readOnly`.
+    pub readonly: bool,
+    /// `volume_context`.
+    pub volume_context: HashMap<String, String>,
+    /// `secrets` (nodePublishSecretRef contents, maybe the tokens).
+    pub secrets: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for PublishRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishRequest")
+            .field("volume_id", &self.volume_id)
+            .field("target_path", &self.target_path)
+            .field("readonly", &self.readonly)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Static settings of the node service.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This node's name (`NodeGetInfo`, the status label).
+    pub node_id: String,
+}
+
+/// The node service: shared by the gRPC handlers.
+#[derive(Clone)]
+pub struct NodeService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: NodeConfig,
+    mounter: Mounter,
+    locks: VolumeLocks,
+    metrics: Metrics,
+    providers: ProviderRegistry,
+    classes: ClassCache,
+    effects: PodEffects,
+    hooks: Vec<Arc<dyn AfterMount>>,
+}
+
+impl std::fmt::Debug for NodeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeService")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeService {
+    /// Wires a node service.
+    pub fn new(
+        config: NodeConfig,
+        client: kube::Client,
+        mounter: Mounter,
+        providers: ProviderRegistry,
+        metrics: Metrics,
+        hooks: Vec<Arc<dyn AfterMount>>,
+    ) -> Self {
+        let effects = PodEffects::new(client.clone(), &config.node_id);
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                mounter,
+                locks: VolumeLocks::default(),
+                metrics,
+                providers,
+                classes: ClassCache::new(client),
+                effects,
+                hooks,
+            }),
+        }
+    }
+
+    /// The static settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The metrics (for the HTTP exporter).
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Handles `NodePublishVolume`: records metrics and, once the pod is known, a Warning Event
+    /// on failure.
+    pub async fn publish(&self, req: PublishRequest) -> Result<(), PublishError> {
+        let started = Instant::now();
+        let mut provider_name = String::new();
+        let mut pod = None;
+        let result = self.publish_inner(&req, &mut provider_name, &mut pod).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(()) => {
+                self.inner.metrics.publish_ok(&provider_name, seconds);
+                tracing::info!(target_path = %req.target_path, provider = %provider_name, seconds, "volume published");
+            }
+            Err(e) => {
+                self.inner
+                    .metrics
+                    .publish_failed(&provider_name, e.metric_label(), seconds);
+                tracing::warn!(target_path = %req.target_path, provider = %provider_name, reason = e.reason(), error = %e, "publish failed");
+                if let Some(ctx) = &pod {
+                    self.inner
+                        .effects
+                        .event(
+                            &pod_reference(ctx),
+                            EventType::Warning,
+                            e.reason(),
+                            "MountSecrets",
+                            &e.to_string(),
+                        )
+                        .await;
+                }
+            }
+        }
+        result
+    }
+
+    async fn publish_inner(
+        &self,
+        req: &PublishRequest,
+        provider_name: &mut String,
+        pod: &mut Option<VolumeContext>,
+    ) -> Result<(), PublishError> {
+        if !req.has_capability {
+            return Err(PublishError::MissingCapability);
+        }
+        if req.volume_id.is_empty() {
+            return Err(PublishError::MissingVolumeId);
+        }
+        if req.target_path.is_empty() {
+            return Err(PublishError::MissingTargetPath);
+        }
+        if req.block {
+            return Err(PublishError::BlockUnsupported);
+        }
+        let ctx = VolumeContext::parse(&req.volume_context, &req.secrets)?;
+        *pod = Some(ctx.clone());
+        if !req.readonly {
+            return Err(PublishError::NotReadOnly);
+        }
+        let target = PathBuf::from(&req.target_path);
+        let _guard = self.inner.locks.lock(&target).await;
+
+        let was_mounted = self.inner.mounter.is_mount_point(&target)?;
+        let class = self.class(&ctx).await?;
+        *provider_name = class.spec.provider.clone();
+        let provider = self.inner.providers.resolve(&class.spec.provider)?;
+
+        if !was_mounted {
+            self.inner.mounter.mount(&target)?;
+        }
+        let result = self
+            .fill_volume(req, &ctx, &class, provider.as_ref(), &target)
+            .await;
+        if result.is_err() && !was_mounted {
+            // First mount failed: leave nothing behind so kubelet's retry starts clean.
+            if let Err(e) = self.inner.mounter.unmount_and_remove(&target) {
+                tracing::warn!(target_path = %target.display(), error = %e, "cleanup after failed publish");
+            }
+        }
+        result
+    }
+
+    async fn class(&self, ctx: &VolumeContext) -> Result<Arc<SecretProviderClass>, PublishError> {
+        let (ns, name) = (&ctx.pod_namespace, &ctx.secret_provider_class);
+        let class = self
+            .inner
+            .classes
+            .get(ns, name)
+            .await
+            .map_err(|source| PublishError::ClassLookup {
+                namespace: ns.clone(),
+                name: name.clone(),
+                source,
+            })?
+            .ok_or_else(|| PublishError::ClassNotFound {
+                namespace: ns.clone(),
+                name: name.clone(),
+            })?;
+        let invalid = |reason: &str| PublishError::ClassInvalid {
+            namespace: ns.clone(),
+            name: name.clone(),
+            reason: reason.to_string(),
+        };
+        if class.spec.provider.is_empty() {
+            return Err(invalid("spec.provider is empty"));
+        }
+        if class.spec.parameters.is_empty() {
+            return Err(invalid("spec.parameters is empty"));
+        }
+        Ok(class)
+    }
+
+    async fn fill_volume(
+        &self,
+        req: &PublishRequest,
+        ctx: &VolumeContext,
+        class: &SecretProviderClass,
+        provider: &dyn secrets_store_provider::Provider,
+        target: &Path,
+    ) -> Result<(), PublishError> {
+        let provider_err = |source: ProviderError| PublishError::Provider {
+            provider: class.spec.provider.clone(),
+            namespace: ctx.pod_namespace.clone(),
+            pod: ctx.pod_name.clone(),
+            source,
+        };
+        let secrets: BTreeMap<String, SecretBytes> = req
+            .secrets
+            .iter()
+            .filter(|(k, _)| k.as_str() != TOKENS_KEY)
+            .map(|(k, v)| (k.clone(), SecretBytes::from(v.clone())))
+            .collect();
+        let request = MountRequest {
+            attributes: ctx.attributes(&class.spec.parameters),
+            secrets,
+            target_path: target.to_path_buf(),
+            permission: DEFAULT_FILE_PERMISSION,
+            current_object_versions: Vec::new(),
+        };
+        let response = provider.mount(request).await.map_err(provider_err)?;
+        if response.object_versions.is_empty() {
+            return Err(provider_err(ProviderError::new(
+                ProviderErrorKind::InvalidResponse,
+                "provider returned no object versions",
+            )));
+        }
+        if !response.files.is_empty() {
+            let writer = AtomicWriter::new(target);
+            let files = response.files.clone();
+            let outcome = tokio::task::spawn_blocking(move || writer.write(&files))
+                .await
+                .map_err(|e| {
+                    provider_err(ProviderError::new(
+                        ProviderErrorKind::Internal,
+                        format!("writer task failed: {e}"),
+                    ))
+                })?
+                .map_err(|source| PublishError::Write {
+                    provider: class.spec.provider.clone(),
+                    source,
+                })?;
+            if outcome == WriteOutcome::Unchanged {
+                tracing::debug!(target_path = %target.display(), "content unchanged; nothing written");
+            }
+        }
+        let mut versions = response.object_versions.clone();
+        versions.sort();
+
+        let status = pod_status(
+            ctx,
+            &self.inner.config.node_id,
+            &target.to_string_lossy(),
+            &versions,
+        );
+        self.inner
+            .effects
+            .apply_status(&status)
+            .await
+            .map_err(|source| PublishError::PodStatus {
+                namespace: ctx.pod_namespace.clone(),
+                name: status.metadata.name.clone().unwrap_or_default(),
+                source,
+            })?;
+
+        let mounted = MountedVolume {
+            context: ctx,
+            class,
+            target_path: target,
+            files: &response.files,
+            object_versions: &versions,
+        };
+        for hook in &self.inner.hooks {
+            hook.after_mount(&mounted)
+                .await
+                .map_err(|message| PublishError::AfterMount {
+                    hook: hook.name().to_string(),
+                    message,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Handles `NodeUnpublishVolume`: unmount and remove, idempotent, state from the filesystem.
+    pub async fn unpublish(
+        &self,
+        volume_id: &str,
+        target_path: &str,
+    ) -> Result<(), UnpublishError> {
+        let result = self.unpublish_inner(volume_id, target_path).await;
+        match &result {
+            Ok(()) => {
+                self.inner.metrics.unpublish_ok();
+                tracing::info!(%target_path, "volume unpublished");
+            }
+            Err(e) => {
+                self.inner.metrics.unpublish_failed(e.metric_label());
+                tracing::warn!(%target_path, error = %e, "unpublish failed");
+            }
+        }
+        result
+    }
+
+    async fn unpublish_inner(
+        &self,
+        volume_id: &str,
+        target_path: &str,
+    ) -> Result<(), UnpublishError> {
+        if volume_id.is_empty() {
+            return Err(UnpublishError::MissingVolumeId);
+        }
+        if target_path.is_empty() {
+            return Err(UnpublishError::MissingTargetPath);
+        }
+        let target = PathBuf::from(target_path);
+        let _guard = self.inner.locks.lock(&target).await;
+        let mounter = self.inner.mounter.clone();
+        tokio::task::spawn_blocking(move || mounter.unmount_and_remove(&target))
+            .await
+            .map_err(|e| {
+                UnpublishError::Unmount(crate::mounter::MountError::Io {
+                    op: "unmount task",
+                    path: PathBuf::from(target_path),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })??;
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! Serving: the CSI socket, the registration socket, and the HTTP `/healthz` + `/metrics`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use secrets_store_api::csi::v1::identity_server::IdentityServer;
+use secrets_store_api::csi::v1::node_server::NodeServer;
+use secrets_store_api::registration::v1::registration_server::RegistrationServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::csi::{IdentityService, NodeGrpc, Readiness};
+use crate::metrics::Metrics;
+use crate::node::NodeService;
+use crate::registration::{RegistrationService, registration_socket};
+
+/// Why serving failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A socket could not be prepared or bound.
+    #[error("{op} {path:?}: {source}")]
+    Socket {
+        /// What was being done.
+        op: &'static str,
+        /// Which socket.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// An HTTP listener could not be bound.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A gRPC server failed.
+    #[error("gRPC server on {path:?}: {source}")]
+    Grpc {
+        /// Which socket.
+        path: PathBuf,
+        /// The transport error.
+        source: tonic::transport::Error,
+    },
+}
+
+/// Parses `unix:///csi/csi.sock` (or a bare path) into a path.
+pub fn parse_endpoint(endpoint: &str) -> PathBuf {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    PathBuf::from(path)
+}
+
+/// Binds a unix socket with mode 0600, removing a stale socket first.
+pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
+    let err = |op| {
+        move |source| ServeError::Socket {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err("create dir for"))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("remove stale")(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(err("bind"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err("chmod"))?;
+    Ok(listener)
+}
+
+/// Settings of [`serve`].
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The CSI socket path.
+    pub csi_socket: PathBuf,
+    /// kubelet's root dir; `None` disables plugin registration.
+    pub kubelet_dir: Option<PathBuf>,
+    /// `/metrics` listen address, if any.
+    pub metrics_addr: Option<SocketAddr>,
+    /// `/healthz` listen address, if any.
+    pub healthz_addr: Option<SocketAddr>,
+    /// Largest gRPC message accepted, bytes.
+    pub max_recv_msg_size: usize,
+}
+
+/// Serves everything until `shutdown` resolves, then stops accepting, finishes in-flight calls
+/// and removes the sockets.
+pub async fn serve(
+    service: NodeService,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let readiness = Readiness::default();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let csi_listener = bind_unix(&config.csi_socket)?;
+    let csi_server = tonic::transport::Server::builder()
+        .add_service(
+            IdentityServer::new(IdentityService::new(readiness.clone()))
+                .max_decoding_message_size(config.max_recv_msg_size),
+        )
+        .add_service(
+            NodeServer::new(NodeGrpc::new(service.clone()))
+                .max_decoding_message_size(config.max_recv_msg_size),
+        )
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(csi_listener),
+            stopped(stop_rx.clone()),
+        );
+    let mut tasks = tokio::task::JoinSet::new();
+    let csi_path = config.csi_socket.clone();
+    tasks.spawn(async move {
+        csi_server.await.map_err(|source| ServeError::Grpc {
+            path: csi_path,
+            source,
+        })
+    });
+
+    let reg_path = config.kubelet_dir.as_deref().map(registration_socket);
+    if let Some(reg_path) = &reg_path {
+        let listener = bind_unix(reg_path)?;
+        let server = tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(RegistrationService::new(
+                &config.csi_socket,
+            )))
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            );
+        let path = reg_path.clone();
+        tasks.spawn(async move {
+            server
+                .await
+                .map_err(|source| ServeError::Grpc { path, source })
+        });
+    }
+
+    for (addr, router) in [
+        (
+            config.healthz_addr,
+            Router::new()
+                .route("/healthz", get(healthz))
+                .with_state(readiness.clone()),
+        ),
+        (
+            config.metrics_addr,
+            Router::new()
+                .route("/metrics", get(metrics))
+                .with_state(service.metrics().clone()),
+        ),
+    ] {
+        let Some(addr) = addr else { continue };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let rx = stop_rx.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped(rx))
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })
+        });
+    }
+
+    readiness.set(true);
+    tracing::info!(csi_socket = %config.csi_socket.display(), registration_socket = ?reg_path, "serving");
+    let mut result = Ok(());
+    tokio::select! {
+        () = shutdown => {}
+        Some(Ok(Err(e))) = tasks.join_next() => result = Err(e),
+    }
+    readiness.set(false);
+    let _ = stop_tx.send(true);
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r
+            && result.is_ok()
+        {
+            result = Err(e);
+        }
+    }
+    for path in std::iter::once(&config.csi_socket).chain(reg_path.as_ref()) {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("stopped");
+    result
+}
+
+async fn healthz(State(readiness): State<Readiness>) -> (StatusCode, &'static str) {
+    if readiness.is_ready() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics(State(metrics): State<Metrics>) -> ([(&'static str, &'static str); 1], String) {
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}
