@@ -208,6 +208,19 @@ impl Moto {
         aws_sdk_secretsmanager::Client::from_conf(conf)
     }
 
+    /// A Secrets Manager client using `credentials` as they are (no account header): moto picks
+    /// the account that owns the access key, as AWS would.
+    pub fn sm_client_with(
+        &self,
+        endpoint: &str,
+        credentials: Credentials,
+    ) -> aws_sdk_secretsmanager::Client {
+        let conf = aws_sdk_secretsmanager::config::Builder::from(&self.sdk_config(endpoint))
+            .credentials_provider(credentials)
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(conf)
+    }
+
     /// An SSM client acting in `account` (for test setup).
     pub fn ssm_client(&self, account: &AccountId) -> aws_sdk_ssm::Client {
         let conf = aws_sdk_ssm::config::Builder::from(&self.sdk_config(&self.endpoint()))
