@@ -160,6 +160,32 @@ pub struct SsmRequest {
     pub selector: VersionSelector,
 }
 
+/// `GetParameter` (with decryption) for one parameter, used for parameters named by ARN: their
+/// answers in a `GetParameters` batch cannot be matched back reliably (shared parameters come
+/// back under their ARN, others under their name), and moto only resolves ARNs here.
+pub async fn get_parameter(
+    client: &aws_sdk_ssm::Client,
+    region: &str,
+    request: &SsmRequest,
+) -> CallResult {
+    let out = client
+        .get_parameter()
+        .name(ssm_request_name(&request.name, &request.selector))
+        .with_decryption(true)
+        .send()
+        .await
+        .map_err(|e| classify(&e))?;
+    let p = out.parameter().ok_or_else(|| Classified {
+        kind: Class::NotFound,
+        message: "GetParameter answered without a parameter".into(),
+    })?;
+    Ok(FetchedValue {
+        value: SecretBytes::new(p.value().unwrap_or_default().as_bytes().to_vec()),
+        version: p.version().to_string(),
+        region: region.to_string(),
+    })
+}
+
 /// `GetParameters` (with decryption) for up to 10 parameters with distinct names.
 pub async fn get_parameters(
     client: &aws_sdk_ssm::Client,

@@ -229,7 +229,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn keys_are_separate_and_errors_are_not_cached() {
-        let c: Arc<Coalescer<(&str, &str), Result<u32, String>>> = Arc::default();
+        type Shared = Coalescer<(&'static str, &'static str), Result<u32, String>>;
+        let c: Arc<Shared> = Arc::default();
         let ttl = |v: &Result<u32, String>| {
             if v.is_ok() {
                 Duration::from_secs(5)

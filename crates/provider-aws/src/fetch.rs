@@ -201,6 +201,7 @@ impl Fetcher {
         let mut sm_batches: Vec<Vec<usize>> = Vec::new();
         let mut singles: Vec<usize> = Vec::new();
         let mut ssm_batches: Vec<Vec<usize>> = Vec::new();
+        let mut ssm_singles: Vec<usize> = Vec::new();
         for (i, o) in objects.iter().enumerate() {
             match o.kind {
                 ObjectKind::SecretsManager if batch_ok && o.selector.is_latest() => {
@@ -210,6 +211,7 @@ impl Fetcher {
                     }
                 }
                 ObjectKind::SecretsManager => singles.push(i),
+                ObjectKind::SsmParameter if o.name.starts_with("arn:") => ssm_singles.push(i),
                 ObjectKind::SsmParameter => {
                     // A batch never holds one name twice: answers are matched by name.
                     let slot = ssm_batches.iter_mut().find(|b| {
@@ -271,6 +273,22 @@ impl Fetcher {
                     Ok(results) => batch.into_iter().zip(results).collect(),
                     Err(e) => batch.into_iter().map(|i| (i, Err(e.clone()))).collect(),
                 }
+            }));
+        }
+
+        for i in ssm_singles {
+            let ssm = &ssm;
+            jobs.push(Box::pin(async move {
+                let req = SsmRequest {
+                    name: objects[i].name.clone(),
+                    selector: objects[i].selector.clone(),
+                };
+                let r = self
+                    .retrying(deadline, "ssm", "GetParameter", || {
+                        calls::get_parameter(ssm, region, &req)
+                    })
+                    .await;
+                vec![(i, r)]
             }));
         }
 

@@ -14,7 +14,7 @@ fn objects(yaml: &str) -> Vec<(&'static str, String)> {
     vec![("objects", yaml.to_string())]
 }
 
-fn params(v: &[(&'static str, String)]) -> Vec<(&'static str, &str)> {
+fn params<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, s)| (*k, s.as_str())).collect()
 }
 
