@@ -4,6 +4,7 @@
 pub mod consumers;
 pub mod desired;
 pub mod lifetime;
+pub mod rollout;
 mod syncer;
 pub mod tls;
 
