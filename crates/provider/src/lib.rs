@@ -6,6 +6,7 @@
 //! API by an adapter that implements the same trait, and our AWS provider can be served over that
 //! API to the upstream Go driver by the reverse adapter.
 
+pub mod grpc;
 mod secret;
 mod types;
 

@@ -1,0 +1,252 @@
+//! Serves any [`Provider`] over upstream's `v1alpha1.CSIDriverProvider` API on a unix socket, so
+//! the upstream Go driver can use it like any other provider.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use secrets_store_api::provider::v1alpha1 as wire;
+use secrets_store_api::provider::v1alpha1::csi_driver_provider_server::{
+    CsiDriverProvider, CsiDriverProviderServer,
+};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+use super::{API_VERSION, DEFAULT_MAX_RESPONSE_BYTES};
+use crate::{
+    Attributes, DEFAULT_FILE_PERMISSION, FileMode, MountRequest, ObjectVersion, Provider,
+    SecretBytes,
+};
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Something other than a socket is in the way.
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    /// Creating, securing or publishing the socket failed.
+    #[error("cannot create the provider socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("the provider gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves `provider` on `socket` until `shutdown` completes, then removes the socket.
+pub async fn serve(
+    provider: Arc<dyn Provider>,
+    socket: &Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let listener = bind(socket)?;
+    serve_on(provider, listener, socket, shutdown).await
+}
+
+/// Creates the socket with mode 0600, replacing a stale socket left by a previous run.
+///
+/// The socket is bound under a temporary name, restricted, then renamed into place, so it is
+/// never reachable with looser permissions.
+pub fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
+    let io = |source| ServeError::Socket {
+        path: socket.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(socket).map_err(io)?,
+        Ok(_) => return Err(ServeError::NotASocket(socket.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mut staging = socket.as_os_str().to_owned();
+    staging.push(format!(".{}.tmp", std::process::id()));
+    let staging = PathBuf::from(staging);
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(io)?;
+    let publish = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&staging, socket));
+    if let Err(e) = publish {
+        let _ = std::fs::remove_file(&staging);
+        return Err(io(e));
+    }
+    Ok(listener)
+}
+
+/// Serves `provider` on an already bound `listener` until `shutdown` completes, then removes
+/// `socket` (the listener's path).
+pub async fn serve_on(
+    provider: Arc<dyn Provider>,
+    listener: UnixListener,
+    socket: &Path,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let service = CsiDriverProviderServer::new(Adapter { provider })
+        // Upstream's driver accepts 4 MiB by default; larger answers fail there anyway.
+        .max_encoding_message_size(usize::MAX)
+        .max_decoding_message_size(DEFAULT_MAX_RESPONSE_BYTES);
+    let result = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(socket);
+    result.map_err(ServeError::from)
+}
+
+/// The tonic service: decodes upstream's JSON-in-protobuf request and calls the provider.
+struct Adapter {
+    provider: Arc<dyn Provider>,
+}
+
+#[tonic::async_trait]
+impl CsiDriverProvider for Adapter {
+    async fn version(
+        &self,
+        _request: Request<wire::VersionRequest>,
+    ) -> Result<Response<wire::VersionResponse>, Status> {
+        Ok(Response::new(wire::VersionResponse {
+            version: API_VERSION.to_owned(),
+            runtime_name: self.provider.name().to_owned(),
+            runtime_version: self.provider.version().to_owned(),
+        }))
+    }
+
+    /// Failures are returned as a gRPC status carrying the provider's (secret-free) message,
+    /// as upstream providers such as the AWS one do, so the upstream driver's Events say why.
+    async fn mount(
+        &self,
+        request: Request<wire::MountRequest>,
+    ) -> Result<Response<wire::MountResponse>, Status> {
+        let request = decode(request.into_inner())?;
+        let target = request.target_path.clone();
+        let response = self.provider.mount(request).await.map_err(|e| {
+            tracing::warn!(provider = self.provider.name(), target = %target.display(), kind = e.kind.as_str(), error = %e, "mount failed");
+            e.to_status()
+        })?;
+        Ok(Response::new(wire::MountResponse {
+            object_version: response
+                .object_versions
+                .into_iter()
+                .map(|v| wire::ObjectVersion {
+                    id: v.id,
+                    version: v.version,
+                })
+                .collect(),
+            error: None,
+            files: response
+                .files
+                .into_iter()
+                .map(|f| wire::File {
+                    path: f.path,
+                    mode: i32::try_from(f.mode).unwrap_or(0o644),
+                    contents: f.contents.expose().to_vec(),
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Decodes the JSON fields. Errors name the field and the position only: serde's messages can
+/// quote the offending value, which may be a token.
+fn decode(req: wire::MountRequest) -> Result<MountRequest, Status> {
+    let bad = |field: &str, e: serde_json::Error| {
+        Status::invalid_argument(format!(
+            "{field} is not a JSON object of strings (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    };
+    let attributes: BTreeMap<String, String> =
+        serde_json::from_str(&req.attributes).map_err(|e| bad("attributes", e))?;
+    // An empty string means "no nodePublishSecretRef" for lenient senders.
+    let secrets: BTreeMap<String, String> = if req.secrets.is_empty() {
+        BTreeMap::new()
+    } else {
+        serde_json::from_str(&req.secrets).map_err(|e| bad("secrets", e))?
+    };
+    let permission: FileMode = if req.permission.is_empty() {
+        DEFAULT_FILE_PERMISSION
+    } else {
+        serde_json::from_str(&req.permission)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "permission {:?} is not a decimal file mode",
+                    req.permission
+                ))
+            })?
+    };
+    if req.target_path.is_empty() {
+        return Err(Status::invalid_argument("target_path is empty"));
+    }
+    Ok(MountRequest {
+        attributes: Attributes(attributes),
+        secrets: secrets
+            .into_iter()
+            .map(|(k, v)| (k, SecretBytes::from(v)))
+            .collect(),
+        target_path: PathBuf::from(req.target_path),
+        permission,
+        current_object_versions: req
+            .current_object_version
+            .into_iter()
+            .map(|v| ObjectVersion {
+                id: v.id,
+                version: v.version,
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_upstream_encoding() {
+        let req = decode(wire::MountRequest {
+            attributes: r#"{"objects":"- objectName: db","csi.storage.k8s.io/pod.name":"p"}"#
+                .into(),
+            secrets: r#"{"password":"hunter2"}"#.into(),
+            target_path: "/t".into(),
+            permission: "420".into(),
+            current_object_version: vec![wire::ObjectVersion {
+                id: "db".into(),
+                version: "1".into(),
+            }],
+        })
+        .unwrap();
+        assert_eq!(req.attributes.get("objects"), Some("- objectName: db"));
+        assert_eq!(req.secrets["password"].expose(), b"hunter2");
+        assert_eq!(req.permission, 0o644);
+        assert_eq!(req.current_object_versions[0].id, "db");
+    }
+
+    #[test]
+    fn bad_json_errors_do_not_quote_values() {
+        let err = decode(wire::MountRequest {
+            attributes: r#"{"csi.storage.k8s.io/serviceAccount.tokens": 12345678}"#.into(),
+            target_path: "/t".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(!err.message().contains("12345678"), "{}", err.message());
+
+        let err = decode(wire::MountRequest {
+            attributes: "{}".into(),
+            target_path: "/t".into(),
+            permission: "rw-r--r--".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+}
