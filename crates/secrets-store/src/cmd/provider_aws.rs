@@ -1,0 +1,71 @@
+//! `secrets-store provider-aws`: the AWS provider alone, serving upstream's
+//! `v1alpha1.CSIDriverProvider` API on a unix socket, for clusters that keep the upstream driver.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig, Metrics, PodIdentityAgentConfig};
+
+/// Flags of `secrets-store provider-aws`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProviderAwsArgs {
+    /// Unix socket to serve the provider API on (the upstream driver's `--provider-dir`/aws.sock).
+    #[arg(
+        long,
+        env = "PROVIDER_SOCKET",
+        default_value = "/var/run/secrets-store-csi-providers/aws.sock"
+    )]
+    pub socket: PathBuf,
+    /// Region for classes that set none (else the node's topology.kubernetes.io/region label).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// This node's name, to read its region label when no region is configured.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// One endpoint for every AWS service (normally unset; `AWS_ENDPOINT_URL*` also work).
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    /// Seconds a fetched value serves other mounts of the same identity (0 disables).
+    #[arg(long, env = "AWS_PROVIDER_CACHE_TTL_SECONDS", default_value_t = 5)]
+    pub cache_ttl_seconds: u64,
+    /// EKS Pod Identity Agent URL (IPv4).
+    #[arg(long, default_value = secrets_store_provider_aws::pod_identity::DEFAULT_IPV4_URL)]
+    pub pod_identity_agent_ipv4_url: String,
+    /// EKS Pod Identity Agent URL (IPv6).
+    #[arg(long, default_value = secrets_store_provider_aws::pod_identity::DEFAULT_IPV6_URL)]
+    pub pod_identity_agent_ipv6_url: String,
+}
+
+/// Runs the provider server until SIGINT/SIGTERM.
+pub async fn run(args: ProviderAwsArgs) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (ServiceAccount role annotations are read there)")?;
+    let mut config = AwsProviderConfig::from_env();
+    config.endpoint_url = args.endpoint_url.clone();
+    config.cache_ttl = Duration::from_secs(args.cache_ttl_seconds);
+    config.pod_identity = PodIdentityAgentConfig {
+        ipv4_url: args.pod_identity_agent_ipv4_url.clone(),
+        ipv6_url: args.pod_identity_agent_ipv6_url.clone(),
+        ..PodIdentityAgentConfig::default()
+    };
+    if args.region.is_some() {
+        config.default_region = args.region.clone();
+    }
+    if config.default_region.is_none()
+        && let Some(node) = &args.node_name
+    {
+        config.default_region = secrets_store_provider_aws::node_region(&client, node)
+            .await
+            .with_context(|| format!("reading the region label of node {node}"))?;
+    }
+    let provider: Arc<dyn secrets_store_provider::Provider> =
+        Arc::new(AwsProvider::new(config, client, Metrics::default()).await);
+    tracing::info!(socket = %args.socket.display(), "serving the AWS provider");
+    secrets_store_provider::grpc::server::serve(provider, &args.socket, super::signal::shutdown())
+        .await
+        .context("serving the provider API")?;
+    Ok(())
+}
