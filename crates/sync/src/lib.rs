@@ -3,9 +3,11 @@
 
 pub mod consumers;
 pub mod desired;
+mod hook;
 pub mod lifetime;
 pub mod rollout;
 mod syncer;
 pub mod tls;
 
-pub use syncer::{ClassLookup, MountedVolume, SecretSync, SyncError, SyncReport};
+pub use hook::SecretSyncHook;
+pub use syncer::{ClassLookup, SecretSync, SyncError, SyncReport, SyncRequest};

@@ -20,7 +20,7 @@ use crate::desired::{DesiredSecret, DesiredSecretError, desired_secret, is_manag
 use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_references};
 
 /// A volume that was just mounted (or remounted) and whose synced Secrets must be written.
-pub struct MountedVolume<'a> {
+pub struct SyncRequest<'a> {
     /// The pod the volume belongs to.
     pub pod: &'a Pod,
     /// The pod's SecretProviderClass.
@@ -103,9 +103,10 @@ pub struct SyncReport {
 }
 
 /// Looks up SecretProviderClasses by namespace and name (the node service's cache).
+#[async_trait::async_trait]
 pub trait ClassLookup: Send + Sync {
-    /// The class, if it exists.
-    fn class(&self, namespace: &str, name: &str) -> Option<Arc<SecretProviderClass>>;
+    /// The class, if it exists (lookup failures count as absent: the reconciler retries).
+    async fn class(&self, namespace: &str, name: &str) -> Option<Arc<SecretProviderClass>>;
 }
 
 /// One lock per (namespace, Secret name) being written on this node.
@@ -191,7 +192,7 @@ impl SecretSync {
     /// Creates or updates every Secret of `volume.class.spec.secretObjects`.
     ///
     /// Every Secret is attempted; the first error is returned after the others were written.
-    pub async fn sync_volume(&self, volume: &MountedVolume<'_>) -> Result<SyncReport, SyncError> {
+    pub async fn sync_volume(&self, volume: &SyncRequest<'_>) -> Result<SyncReport, SyncError> {
         let namespace = volume.class.namespace().unwrap_or_default();
         let class_name = volume.class.name_any();
         let lifetime = SecretLifetime::from_annotations(volume.class.metadata.annotations.as_ref())
@@ -235,11 +236,12 @@ impl SecretSync {
         namespace: &str,
         desired: &DesiredSecret,
         lifetime: SecretLifetime,
-        volume: &MountedVolume<'_>,
+        volume: &SyncRequest<'_>,
     ) -> Result<Outcome, SyncError> {
         let lock = self.lock_for(namespace, &desired.name);
         let _guard = lock.lock().await;
-        let owners = owner_references(lifetime, &self.consumers(namespace, &desired.name, volume));
+        let consumers = self.consumers(namespace, &desired.name, volume).await;
+        let owners = owner_references(lifetime, &consumers);
         let api_error = |source| SyncError::Api {
             namespace: namespace.to_string(),
             name: desired.name.clone(),
@@ -290,11 +292,11 @@ impl SecretSync {
 
     /// This node's consumers of a Secret, always including the volume being published (the
     /// watches may not have seen its pod status yet).
-    fn consumers(
+    async fn consumers(
         &self,
         namespace: &str,
         secret: &str,
-        volume: &MountedVolume<'_>,
+        volume: &SyncRequest<'_>,
     ) -> Vec<Consumer> {
         let statuses: Vec<_> = self
             .statuses
@@ -304,10 +306,23 @@ impl SecretSync {
                 s.namespace().as_deref() == Some(namespace) && s.uid() != volume.pod_status.uid()
             })
             .collect();
+        let mut classes = HashMap::new();
+        for status in &statuses {
+            let Some(name) = status
+                .status
+                .as_ref()
+                .map(|s| &s.secret_provider_class_name)
+            else {
+                continue;
+            };
+            if !classes.contains_key(name) {
+                classes.insert(name.clone(), self.classes.class(namespace, name).await);
+            }
+        }
         let mut consumers = consumers_of(
             secret,
             statuses.iter().map(|s| s.as_ref()),
-            |class| self.classes.class(namespace, class),
+            |class| classes.get(class).cloned().flatten(),
             |pod| self.pods.get(&ObjectRef::new(pod).within(namespace)),
         );
         if let Some(pod_status) = pod_status_owner(volume.pod_status) {
@@ -317,6 +332,22 @@ impl SecretSync {
             });
         }
         consumers
+    }
+
+    /// A client for callers that need their own API calls.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The pod `name` in `namespace`: from this node's pod watch, else from the API server.
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<Arc<Pod>, kube::Error> {
+        if let Some(pod) = self.pods.get(&ObjectRef::new(name).within(namespace)) {
+            return Ok(pod);
+        }
+        Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .get(name)
+            .await
+            .map(Arc::new)
     }
 
     fn lock_for(&self, namespace: &str, name: &str) -> Arc<Mutex<()>> {

@@ -1,0 +1,145 @@
+//! Plugs secret sync into the node service: after a volume's files are written and its pod
+//! status recorded, write the class's Secrets before `NodePublishVolume` returns, then roll
+//! opted-in workloads whose Secret data changed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kube::Api;
+use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
+use secrets_store_driver::classes::ClassCache;
+use secrets_store_driver::node::{AfterMount, MountedVolume};
+use secrets_store_driver::writer::validate_path;
+use secrets_store_provider::SecretBytes;
+
+use crate::rollout::Rollout;
+use crate::syncer::{ClassLookup, SecretSync, SyncRequest};
+
+/// The [`AfterMount`] hook that syncs Kubernetes Secrets.
+pub struct SecretSyncHook {
+    sync: SecretSync,
+    rollout: Option<Rollout>,
+}
+
+impl SecretSyncHook {
+    /// A hook writing Secrets through `sync`, and rolling workloads through `rollout` if enabled.
+    pub fn new(sync: SecretSync, rollout: Option<Rollout>) -> Self {
+        Self { sync, rollout }
+    }
+}
+
+#[async_trait]
+impl ClassLookup for ClassCache {
+    async fn class(&self, namespace: &str, name: &str) -> Option<Arc<SecretProviderClass>> {
+        self.get(namespace, name).await.ok().flatten()
+    }
+}
+
+#[async_trait]
+impl AfterMount for SecretSyncHook {
+    fn name(&self) -> &str {
+        "secret-sync"
+    }
+
+    async fn after_mount(&self, volume: &MountedVolume<'_>) -> Result<(), String> {
+        let class = volume.class;
+        if class.spec.secret_objects.is_empty() {
+            return Ok(());
+        }
+        let ctx = volume.context;
+        let (namespace, pod_name) = (&ctx.pod_namespace, &ctx.pod_name);
+        let pod = self
+            .sync
+            .pod(namespace, pod_name)
+            .await
+            .map_err(|e| format!("reading pod {namespace}/{pod_name}: {e}"))?;
+        let status_name = SecretProviderClassPodStatus::object_name(
+            pod_name,
+            namespace,
+            &ctx.secret_provider_class,
+        );
+        let status = Api::<SecretProviderClassPodStatus>::namespaced(self.sync.client(), namespace)
+            .get(&status_name)
+            .await
+            .map_err(|e| {
+                format!("reading SecretProviderClassPodStatus {namespace}/{status_name}: {e}")
+            })?;
+        let files = volume_files(class, volume)
+            .await
+            .map_err(|e| format!("reading mounted objects for secret sync: {e}"))?;
+        let request = SyncRequest {
+            pod: &pod,
+            class,
+            pod_status: &status,
+            files: &files,
+        };
+        let report = self
+            .sync
+            .sync_volume(&request)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(rollout) = &self.rollout {
+            for secret in &report.data_changed {
+                let Some(object) = class.secret_object(secret) else {
+                    continue;
+                };
+                let Ok(desired) = crate::desired::desired_secret(0, object, &files) else {
+                    continue;
+                };
+                match rollout
+                    .secret_changed(namespace, secret, &desired.data)
+                    .await
+                {
+                    Ok(patched) if !patched.is_empty() => {
+                        tracing::info!(%namespace, %secret, workloads = ?patched, "rolling workloads after Secret change");
+                    }
+                    Ok(_) => {}
+                    // The Secret itself is right; a failed rollout must not fail the mount.
+                    Err(e) => tracing::warn!(error = %e, "rollout after Secret change failed"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The contents of the objects the class's `secretObjects` name: from the provider's response,
+/// or read back from the volume when the provider wrote the files itself.
+async fn volume_files(
+    class: &SecretProviderClass,
+    volume: &MountedVolume<'_>,
+) -> Result<BTreeMap<String, SecretBytes>, String> {
+    if !volume.files.is_empty() {
+        return Ok(volume
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.contents.clone()))
+            .collect());
+    }
+    let mut files = BTreeMap::new();
+    for object in class.spec.secret_objects.iter().flat_map(|o| &o.data) {
+        let name = &object.object_name;
+        if files.contains_key(name) || validate_path(name).is_err() {
+            // An invalid name is reported by desired_secret as a missing object.
+            continue;
+        }
+        match read_object(volume.target_path, name).await {
+            Ok(Some(bytes)) => {
+                files.insert(name.clone(), bytes);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("object {name:?}: {e}")),
+        }
+    }
+    Ok(files)
+}
+
+async fn read_object(target: &Path, name: &str) -> std::io::Result<Option<SecretBytes>> {
+    match tokio::fs::read(target.join(name)).await {
+        Ok(bytes) => Ok(Some(SecretBytes::new(bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
