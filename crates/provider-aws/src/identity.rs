@@ -291,6 +291,9 @@ impl IdentityResolver {
             .web_identity_token(token)
             .send()
             .await;
+        let outcome = if out.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .api_call("sts", "AssumeRoleWithWebIdentity", outcome);
         let identity = key.to_string();
         let region = key.region.clone();
         match out {

@@ -95,15 +95,17 @@ impl Metrics {
         let mut total = 0;
         for outcome in ["ok", "error"] {
             for service in ["secretsmanager", "ssm", "sts"] {
+                // `get` (not `get_or_create`) so reading never adds empty series.
                 total += self
                     .0
                     .api_calls
-                    .get_or_create(&vec![
+                    .get(&vec![
                         ("service".into(), service.into()),
                         ("operation".into(), operation.into()),
                         ("outcome".into(), outcome.into()),
                     ])
-                    .get();
+                    .map(|c| c.get())
+                    .unwrap_or(0);
             }
         }
         total
