@@ -5,16 +5,14 @@ use std::collections::BTreeMap;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 // Every field is optional on the wire (upstream uses `omitempty` everywhere): an absent field
 // deserializes to its empty value and an empty value is not serialized. Doc comments on these
 // types become the CRD's descriptions, so they speak to users.
 
 /// The desired state of a SecretProviderClass
-#[derive(
-    CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[kube(
     group = "secrets-store.csi.x-k8s.io",
     version = "v1",
@@ -36,6 +34,33 @@ pub struct SecretProviderClassSpec {
     /// Kubernetes Secrets to create from the mounted objects (secret sync)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secret_objects: Vec<SecretObject>,
+}
+
+/// The wire form of [`SecretProviderClassSpec`], for its `Deserialize`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecWire {
+    #[serde(default)]
+    provider: String,
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+    #[serde(default)]
+    secret_objects: Vec<SecretObject>,
+}
+
+/// Upstream accepts a class without `spec` (or with `spec: null`), but the derived root struct
+/// requires the field. Deserializing through `Option` turns "missing" into the empty spec, so one
+/// odd object cannot make a whole list or watch fail to decode.
+impl<'de> Deserialize<'de> for SecretProviderClassSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Option::<SpecWire>::deserialize(deserializer)?
+            .map(|w| Self {
+                provider: w.provider,
+                parameters: w.parameters,
+                secret_objects: w.secret_objects,
+            })
+            .unwrap_or_default())
+    }
 }
 
 /// A Kubernetes Secret to keep in sync with mounted objects

@@ -46,6 +46,22 @@ fn seed_secret_provider_class_deserializes() {
 }
 
 #[test]
+fn class_without_spec_still_decodes() {
+    for obj in [
+        serde_json::json!({"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass", "metadata": {"name": "a"}}),
+        serde_json::json!({"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass", "metadata": {"name": "b"}, "spec": null}),
+    ] {
+        let spc: SecretProviderClass = serde_json::from_value(obj).unwrap();
+        assert_eq!(spc.spec, SecretProviderClassSpec::default());
+    }
+    let wrong = serde_json::json!({"apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClass", "metadata": {"name": "c"}, "spec": {"provider": 5}});
+    assert!(
+        serde_json::from_value::<SecretProviderClass>(wrong).is_err(),
+        "a wrongly typed field is still an error"
+    );
+}
+
+#[test]
 fn empty_fields_are_omitted_like_upstream() {
     let spc = SecretProviderClass::new(
         "c",
