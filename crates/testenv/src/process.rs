@@ -124,3 +124,47 @@ pub fn free_port() -> Result<u16, Error> {
         .port();
     Ok(port)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// State letter from /proc/<pid>/stat, or None once the pid is gone.
+    fn proc_state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')').next()?.trim_start().chars().next()
+    }
+
+    #[test]
+    fn child_is_killed_when_its_spawning_thread_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_dir = dir.path().to_path_buf();
+        let pid = std::thread::spawn(move || {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("1000");
+            let proc = Proc::spawn("sleep", cmd, &log_dir).unwrap();
+            let pid = proc.pid();
+            // Leak it: only the parent-death signal can stop it now.
+            std::mem::forget(proc);
+            pid
+        })
+        .join()
+        .unwrap();
+        for _ in 0..200 {
+            // Killed children stay zombies until reaped by this (still living) process.
+            if matches!(proc_state(pid), None | Some('Z')) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("child {pid} survived its spawning thread");
+    }
+
+    #[test]
+    fn tail_returns_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.log");
+        std::fs::write(&path, "a\nb\nc\n").unwrap();
+        assert_eq!(tail(&path, 2), "b\nc");
+    }
+}
