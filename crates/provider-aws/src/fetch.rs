@@ -382,3 +382,98 @@ impl Fetcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn fetcher() -> Fetcher {
+        Fetcher::new(
+            SdkConfig::builder().build(),
+            FetchConfig::default(),
+            Metrics::default(),
+        )
+    }
+
+    fn err(kind: Class) -> Classified {
+        Classified {
+            kind,
+            message: format!("{kind:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_and_5xx_are_retried_denials_and_not_found_are_not() {
+        let f = fetcher();
+        let far = Instant::now() + Duration::from_secs(60);
+        let cases = [
+            // (failures before success, failure class, expected attempts, expect success)
+            (2, Class::Throttled, 3, true),
+            (3, Class::Unavailable, 4, true),
+            (10, Class::Throttled, 4, false),
+            (1, Class::AccessDenied, 1, false),
+            (1, Class::NotFound, 1, false),
+            (1, Class::BadCredentials, 1, false),
+        ];
+        for (failures, class, want_attempts, want_ok) in cases {
+            let calls = AtomicU32::new(0);
+            let r = f
+                .retrying(far, "secretsmanager", "GetSecretValue", || async {
+                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n <= failures {
+                        Err(err(class))
+                    } else {
+                        Ok(n)
+                    }
+                })
+                .await;
+            assert_eq!(calls.load(Ordering::SeqCst), want_attempts, "{class:?}");
+            assert_eq!(r.is_ok(), want_ok, "{class:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_bounds_retries_and_hung_calls() {
+        let f = fetcher();
+        // A call that never answers is cut at the deadline and reported as unavailable.
+        let r: Result<(), _> = f
+            .retrying(
+                Instant::now() + Duration::from_secs(2),
+                "ssm",
+                "GetParameters",
+                || std::future::pending(),
+            )
+            .await;
+        let e = r.unwrap_err();
+        assert_eq!(e.kind, Class::Unavailable);
+        assert!(e.message.contains("deadline"), "{}", e.message);
+        // With the deadline already passed, a throttled call is not retried.
+        let calls = AtomicU32::new(0);
+        let r: Result<(), _> = f
+            .retrying(Instant::now(), "ssm", "GetParameters", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(err(Class::Throttled))
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_denied_batch_is_remembered_per_identity_only() {
+        let f = fetcher();
+        let key = |role: &str| IdentityKey {
+            role: role.into(),
+            namespace: "ns".into(),
+            service_account: "sa".into(),
+            region: "us-east-1".into(),
+        };
+        assert!(!f.batch_is_denied(&key("a")));
+        f.remember_batch_denied(&key("a"), &err(Class::AccessDenied));
+        f.remember_batch_denied(&key("a"), &err(Class::AccessDenied));
+        assert!(f.batch_is_denied(&key("a")));
+        assert!(!f.batch_is_denied(&key("b")));
+    }
+}

@@ -520,3 +520,81 @@ fn file_name_checks() {
         assert!(check_file_name(good).is_ok(), "{good:?} refused");
     }
 }
+
+/// Fuzz-style robustness: random combinations of fields and hostile values never panic, and
+/// whatever is accepted yields safe, distinct file names.
+#[test]
+fn random_classes_never_panic_and_accepted_names_are_safe() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let names = [
+        "a",
+        "/a/b",
+        "..",
+        "../x",
+        "a/../b",
+        ".",
+        "",
+        "x\u{0}y",
+        "arn:aws:secretsmanager:us-east-1:1:secret:s",
+        "arn:aws:ssm:us-east-1:1:parameter/p",
+        "arn:aws:ssm:us-west-2:1:parameter/p",
+        "arn:",
+        "ü/ñ",
+        "a//b",
+        "..data",
+        "'quoted'",
+    ];
+    let fields = [
+        "objectAlias",
+        "objectVersion",
+        "objectVersionLabel",
+        "filePermission",
+        "objectType",
+    ];
+    let values = [
+        "x",
+        "..",
+        "0600",
+        "9",
+        "ssmparameter",
+        "secretsmanager",
+        "a/b",
+        "",
+        "/",
+        "L",
+    ];
+    let mut rng = StdRng::seed_from_u64(0x5ec2e7);
+    for _ in 0..3000 {
+        let mut yaml = String::new();
+        for _ in 0..rng.random_range(1..5) {
+            let name = names[rng.random_range(0..names.len())];
+            yaml.push_str(&format!("- objectName: {name:?}\n"));
+            for _ in 0..rng.random_range(0..4) {
+                let f = fields[rng.random_range(0..fields.len())];
+                let v = values[rng.random_range(0..values.len())];
+                yaml.push_str(&format!("  {f}: {v:?}\n"));
+            }
+            if rng.random_bool(0.3) {
+                let v = values[rng.random_range(0..values.len())];
+                yaml.push_str(&format!(
+                    "  jmesPath:\n    - path: k\n      objectAlias: {v:?}\n"
+                ));
+            }
+        }
+        let mut a = objects(&yaml);
+        if rng.random_bool(0.3) {
+            a.insert("pathTranslation".into(), "False".into());
+        }
+        if let Ok(p) = parse(&a, None) {
+            let mut seen = std::collections::HashSet::new();
+            for o in &p.objects {
+                for f in std::iter::once(&o.file_name).chain(o.jmes.iter().map(|j| &j.file_name)) {
+                    assert!(check_file_name(f).is_ok(), "unsafe {f:?} from\n{yaml}");
+                    assert!(seen.insert(f.clone()), "duplicate {f:?} from\n{yaml}");
+                }
+            }
+        }
+    }
+}
