@@ -443,7 +443,7 @@ mod tests {
                 Instant::now() + Duration::from_secs(2),
                 "ssm",
                 "GetParameters",
-                || std::future::pending(),
+                std::future::pending,
             )
             .await;
         let e = r.unwrap_err();
