@@ -3,7 +3,6 @@
 //! opted-in workloads whose Secret data changed.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -11,9 +10,9 @@ use kube::Api;
 use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
 use secrets_store_driver::classes::ClassCache;
 use secrets_store_driver::node::{AfterMount, MountedVolume};
-use secrets_store_driver::writer::validate_path;
 use secrets_store_provider::SecretBytes;
 
+use crate::files::VolumeFiles;
 use crate::rollout::Rollout;
 use crate::syncer::{ClassLookup, SecretSync, SyncRequest};
 
@@ -66,14 +65,22 @@ impl AfterMount for SecretSyncHook {
             .map_err(|e| {
                 format!("reading SecretProviderClassPodStatus {namespace}/{status_name}: {e}")
             })?;
-        let files = volume_files(class, volume)
-            .await
-            .map_err(|e| format!("reading mounted objects for secret sync: {e}"))?;
+        let in_memory: BTreeMap<String, SecretBytes> = volume
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.contents.clone()))
+            .collect();
+        // A provider that wrote the files itself returns none; read them back from the volume.
+        let files = if volume.files.is_empty() {
+            VolumeFiles::OnDisk(volume.target_path)
+        } else {
+            VolumeFiles::InMemory(&in_memory)
+        };
         let request = SyncRequest {
             pod: &pod,
             class,
             pod_status: &status,
-            files: &files,
+            files,
         };
         let report = self
             .sync
@@ -81,17 +88,8 @@ impl AfterMount for SecretSyncHook {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(rollout) = &self.rollout {
-            for secret in &report.data_changed {
-                let Some(object) = class.secret_object(secret) else {
-                    continue;
-                };
-                let Ok(desired) = crate::desired::desired_secret(0, object, &files) else {
-                    continue;
-                };
-                match rollout
-                    .secret_changed(namespace, secret, &desired.data)
-                    .await
-                {
+            for (secret, data) in &report.data_changed {
+                match rollout.secret_changed(namespace, secret, data).await {
                     Ok(patched) if !patched.is_empty() => {
                         tracing::info!(%namespace, %secret, workloads = ?patched, "rolling workloads after Secret change");
                     }
@@ -102,44 +100,5 @@ impl AfterMount for SecretSyncHook {
             }
         }
         Ok(())
-    }
-}
-
-/// The contents of the objects the class's `secretObjects` name: from the provider's response,
-/// or read back from the volume when the provider wrote the files itself.
-async fn volume_files(
-    class: &SecretProviderClass,
-    volume: &MountedVolume<'_>,
-) -> Result<BTreeMap<String, SecretBytes>, String> {
-    if !volume.files.is_empty() {
-        return Ok(volume
-            .files
-            .iter()
-            .map(|f| (f.path.clone(), f.contents.clone()))
-            .collect());
-    }
-    let mut files = BTreeMap::new();
-    for object in class.spec.secret_objects.iter().flat_map(|o| &o.data) {
-        let name = &object.object_name;
-        if files.contains_key(name) || validate_path(name).is_err() {
-            // An invalid name is reported by desired_secret as a missing object.
-            continue;
-        }
-        match read_object(volume.target_path, name).await {
-            Ok(Some(bytes)) => {
-                files.insert(name.clone(), bytes);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("object {name:?}: {e}")),
-        }
-    }
-    Ok(files)
-}
-
-async fn read_object(target: &Path, name: &str) -> std::io::Result<Option<SecretBytes>> {
-    match tokio::fs::read(target.join(name)).await {
-        Ok(bytes) => Ok(Some(SecretBytes::new(bytes))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
     }
 }

@@ -3,11 +3,13 @@
 
 pub mod consumers;
 pub mod desired;
+mod files;
 mod hook;
 pub mod lifetime;
 pub mod rollout;
 mod syncer;
 pub mod tls;
 
+pub use files::VolumeFiles;
 pub use hook::SecretSyncHook;
 pub use syncer::{ClassLookup, SecretSync, SyncError, SyncReport, SyncRequest};

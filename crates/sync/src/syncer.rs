@@ -2,21 +2,25 @@
 //! returns, so containers that read them through `secretKeyRef` start on the first try.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
-use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
+use kube::{Client, Resource, ResourceExt};
+use secrets_store_api::crd::{SecretObject, SecretProviderClass, SecretProviderClassPodStatus};
 use secrets_store_api::labels;
 use secrets_store_provider::SecretBytes;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 
 use crate::consumers::{consumers_of, pod_status_owner};
-use crate::desired::{DesiredSecret, DesiredSecretError, desired_secret, is_managed};
+use crate::desired::{DesiredSecretError, desired_secret, is_managed};
+use crate::files::VolumeFiles;
 use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_references};
 
 /// A volume that was just mounted (or remounted) and whose synced Secrets must be written.
@@ -27,8 +31,8 @@ pub struct SyncRequest<'a> {
     pub class: &'a SecretProviderClass,
     /// The pod's SecretProviderClassPodStatus as stored (it must have a uid).
     pub pod_status: &'a SecretProviderClassPodStatus,
-    /// The volume's files by path relative to the volume root.
-    pub files: &'a BTreeMap<String, SecretBytes>,
+    /// The volume's files.
+    pub files: VolumeFiles<'a>,
 }
 
 /// Why a synced Secret could not be written. Never contains secret bytes.
@@ -66,6 +70,16 @@ pub enum SyncError {
         /// Name of the Secret.
         name: String,
     },
+    /// The mounted objects could not be read back from the volume.
+    #[error("reading the mounted objects of Secret {namespace}/{name}: {source}")]
+    ReadFiles {
+        /// Namespace of the Secret.
+        namespace: String,
+        /// Name of the Secret.
+        name: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The API server refused or could not be reached.
     #[error("writing Secret {namespace}/{name}: {source}")]
     Api {
@@ -86,7 +100,7 @@ impl SyncError {
                 "InvalidSecretObject"
             }
             Self::NotManaged { .. } => "SecretNotManaged",
-            Self::Api { .. } => "FailedToCreateSecret",
+            Self::Api { .. } | Self::ReadFiles { .. } => "FailedToCreateSecret",
         }
     }
 }
@@ -96,8 +110,9 @@ impl SyncError {
 pub struct SyncReport {
     /// Secrets created or changed (data, labels, annotations or owners).
     pub applied: Vec<String>,
-    /// Secrets whose data changed from a previous value (a rotation, for rollout decisions).
-    pub data_changed: Vec<String>,
+    /// Secrets whose data changed from a previous value (a rotation, for rollout decisions),
+    /// with their new data.
+    pub data_changed: Vec<(String, BTreeMap<String, SecretBytes>)>,
     /// Secrets that already matched.
     pub unchanged: Vec<String>,
 }
@@ -108,6 +123,9 @@ pub trait ClassLookup: Send + Sync {
     /// The class, if it exists (lookup failures count as absent: the reconciler retries).
     async fn class(&self, namespace: &str, name: &str) -> Option<Arc<SecretProviderClass>>;
 }
+
+/// How long the reconciler waits after a managed Secret changed before it looks.
+const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// One lock per (namespace, Secret name) being written on this node.
 type SecretLocks = HashMap<(String, String), Arc<Mutex<()>>>;
@@ -122,6 +140,7 @@ pub struct SecretSync {
     secrets: Store<Secret>,
     classes: Arc<dyn ClassLookup>,
     locks: Arc<StdMutex<SecretLocks>>,
+    secrets_changed: Arc<Notify>,
 }
 
 impl SecretSync {
@@ -161,10 +180,16 @@ impl SecretSync {
                 )),
             ),
         );
+        let secrets_changed = Arc::new(Notify::new());
+        let changed = secrets_changed.clone();
         let drive = async move {
             let s = status_stream.default_backoff().for_each(|_| async {});
             let p = pod_stream.default_backoff().for_each(|_| async {});
-            let c = secret_stream.default_backoff().for_each(|_| async {});
+            // Every change to a managed Secret wakes the drift reconciler.
+            let c = secret_stream.default_backoff().for_each(|_| {
+                changed.notify_one();
+                async {}
+            });
             futures::join!(s, p, c);
         }
         .boxed();
@@ -176,6 +201,7 @@ impl SecretSync {
             secrets,
             classes,
             locks: Arc::default(),
+            secrets_changed,
         };
         (sync, drive)
     }
@@ -204,20 +230,15 @@ impl SecretSync {
         let mut report = SyncReport::default();
         let mut first_error = None;
         for (index, object) in volume.class.spec.secret_objects.iter().enumerate() {
-            let result = match desired_secret(index, object, volume.files) {
-                Ok(desired) => self.write(&namespace, &desired, lifetime, volume).await,
-                Err(source) => Err(SyncError::InvalidSecretObject {
-                    namespace: namespace.clone(),
-                    class: class_name.clone(),
-                    source,
-                }),
-            };
-            match result {
+            match self
+                .write(&namespace, index, object, lifetime, volume)
+                .await
+            {
                 Ok(Outcome::Unchanged) => report.unchanged.push(object.secret_name.clone()),
                 Ok(Outcome::Applied { data_changed }) => {
                     report.applied.push(object.secret_name.clone());
-                    if data_changed {
-                        report.data_changed.push(object.secret_name.clone());
+                    if let Some(data) = data_changed {
+                        report.data_changed.push((object.secret_name.clone(), data));
                     }
                 }
                 Err(e) => {
@@ -234,12 +255,33 @@ impl SecretSync {
     async fn write(
         &self,
         namespace: &str,
-        desired: &DesiredSecret,
+        index: usize,
+        object: &SecretObject,
         lifetime: SecretLifetime,
         volume: &SyncRequest<'_>,
     ) -> Result<Outcome, SyncError> {
-        let lock = self.lock_for(namespace, &desired.name);
+        let lock = self.lock_for(namespace, object.secret_name.trim());
         let _guard = lock.lock().await;
+        // Read the objects under the lock: a concurrent publish that rotates them then applies
+        // after us, so the newest content always lands last.
+        let files =
+            volume
+                .files
+                .for_secret(object)
+                .await
+                .map_err(|source| SyncError::ReadFiles {
+                    namespace: namespace.to_string(),
+                    name: object.secret_name.clone(),
+                    source,
+                })?;
+        let desired = desired_secret(index, object, &files).map_err(|source| {
+            SyncError::InvalidSecretObject {
+                namespace: namespace.to_string(),
+                class: volume.class.name_any(),
+                source,
+            }
+        })?;
+        let desired = &desired;
         let consumers = self.consumers(namespace, &desired.name, volume).await;
         let owners = owner_references(lifetime, &consumers);
         let api_error = |source| SyncError::Api {
@@ -287,7 +329,9 @@ impl SecretSync {
         )
         .await
         .map_err(api_error)?;
-        Ok(Outcome::Applied { data_changed })
+        Ok(Outcome::Applied {
+            data_changed: data_changed.then(|| desired.data.clone()),
+        })
     }
 
     /// This node's consumers of a Secret, always including the volume being published (the
@@ -350,6 +394,77 @@ impl SecretSync {
             .map(Arc::new)
     }
 
+    /// Restores synced Secrets that were edited or deleted, and retries failed syncs: runs on
+    /// every change to a managed Secret (debounced) and every `period`. Reads the objects back
+    /// from this node's mounted volumes; it never calls a provider.
+    pub async fn run_reconciler(self, period: Duration, reporter: Reporter) {
+        let recorder = Recorder::new(self.client.clone(), reporter);
+        loop {
+            tokio::select! {
+                () = self.secrets_changed.notified() => {
+                    // Let a burst of changes (a rotation across many pods) settle first.
+                    tokio::time::sleep(RECONCILE_DEBOUNCE).await;
+                }
+                () = tokio::time::sleep(period) => {}
+            }
+            self.reconcile_once(&recorder).await;
+        }
+    }
+
+    /// One pass over this node's mounted volumes that sync Secrets.
+    pub async fn reconcile_once(&self, recorder: &Recorder) {
+        for status in self.statuses.state() {
+            let Some(fields) = status.status.as_ref().filter(|f| f.mounted) else {
+                continue;
+            };
+            let namespace = status.namespace().unwrap_or_default();
+            let Some(class) = self
+                .classes
+                .class(&namespace, &fields.secret_provider_class_name)
+                .await
+            else {
+                continue;
+            };
+            if class.spec.secret_objects.is_empty() {
+                continue;
+            }
+            let Some(pod) = self
+                .pods
+                .get(&ObjectRef::new(&fields.pod_name).within(&namespace))
+            else {
+                continue;
+            };
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let request = SyncRequest {
+                pod: &pod,
+                class: &class,
+                pod_status: &status,
+                files: VolumeFiles::OnDisk(Path::new(&fields.target_path)),
+            };
+            match self.sync_volume(&request).await {
+                Ok(report) if !report.applied.is_empty() => {
+                    tracing::info!(%namespace, secrets = ?report.applied, "restored synced Secrets");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%namespace, pod = %fields.pod_name, error = %e, "secret sync failed");
+                    let event = Event {
+                        type_: EventType::Warning,
+                        reason: e.reason().into(),
+                        note: Some(e.to_string()),
+                        action: "SyncSecret".into(),
+                        secondary: None,
+                    };
+                    if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
+                        tracing::debug!(error = %e, "could not record secret sync event");
+                    }
+                }
+            }
+        }
+    }
+
     fn lock_for(&self, namespace: &str, name: &str) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().expect("lock map poisoned");
         // Drop locks nobody holds so the map stays as small as the set of busy Secrets.
@@ -363,5 +478,7 @@ impl SecretSync {
 
 enum Outcome {
     Unchanged,
-    Applied { data_changed: bool },
+    Applied {
+        data_changed: Option<BTreeMap<String, SecretBytes>>,
+    },
 }
