@@ -199,6 +199,10 @@ fn serve_driver(name: &str, root: &Path, tmp: &Path) -> TestDriver {
 }
 
 async fn create_csi_driver(client: &kube::Client, name: &str) {
+    create_csi_driver_with(client, name, false).await;
+}
+
+async fn create_csi_driver_with(client: &kube::Client, name: &str, tokens_in_secrets: bool) {
     let d: CSIDriver = serde_json::from_value(json!({
         "metadata": {"name": name},
         "spec": {
@@ -210,6 +214,7 @@ async fn create_csi_driver(client: &kube::Client, name: &str) {
                 {"audience": "sts.amazonaws.com"},
                 {"audience": "vault", "expirationSeconds": 900},
             ],
+            "serviceAccountTokenInSecrets": tokens_in_secrets,
         },
     }))
     .unwrap();
@@ -604,4 +609,67 @@ async fn resolved_env_reads_secret_refs_like_kubelet() {
             ("SECRET_API_KEY".to_string(), "secretkey".to_string()),
         ])
     );
+}
+
+#[tokio::test]
+async fn tokens_move_to_secrets_with_service_account_token_in_secrets() {
+    let cluster = Cluster::shared();
+    let _logs = cluster.dump_logs_on_panic();
+    let ns = cluster.new_namespace("kubelet-tokensecrets").await;
+    let client = cluster.client();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("kubelet");
+    let driver_name = format!("{ns}.csi.testenv.example");
+    create_csi_driver_with(&client, &driver_name, true).await;
+    let stored = Api::<CSIDriver>::all(client.clone())
+        .get(&driver_name)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.spec.service_account_token_in_secrets,
+        Some(true),
+        "the test apiserver must keep serviceAccountTokenInSecrets (Kubernetes 1.35)"
+    );
+    let driver = serve_driver(&driver_name, &root, tmp.path());
+    let sim = KubeletSim::start(
+        client.clone(),
+        KubeletConfig::new(cluster.node_name(), &root, &ns),
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let creds: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "creds"}, "stringData": {"key": "value"},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &creds)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.create(&PostParams::default(), &csi_pod("app", &driver_name))
+        .await
+        .unwrap();
+    wait_until("a publish", || async {
+        !driver.rec.lock().unwrap().publishes.is_empty()
+    })
+    .await;
+    let req = driver.rec.lock().unwrap().publishes[0].request.clone();
+    assert!(
+        !req.volume_context
+            .contains_key("csi.storage.k8s.io/serviceAccount.tokens")
+    );
+    assert_eq!(
+        req.secrets
+            .keys()
+            .map(String::as_str)
+            .collect::<BTreeSet<_>>(),
+        BTreeSet::from(["key", "csi.storage.k8s.io/serviceAccount.tokens"])
+    );
+    let tokens: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&req.secrets["csi.storage.k8s.io/serviceAccount.tokens"]).unwrap();
+    assert_eq!(tokens.len(), 2);
+    drop(sim);
+    Api::<CSIDriver>::all(client)
+        .delete(&driver_name, &DeleteParams::default())
+        .await
+        .unwrap();
 }

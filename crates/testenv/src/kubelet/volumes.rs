@@ -301,10 +301,13 @@ async fn publish(
             let status = serde_json::to_value(status).map_err(|e| e.to_string())?;
             tokens.insert(r.audience.clone(), status);
         }
-        context.insert(
-            SA_TOKENS.into(),
-            serde_json::Value::Object(tokens).to_string(),
-        );
+        let tokens = serde_json::Value::Object(tokens).to_string();
+        // Kubernetes 1.35 `serviceAccountTokenInSecrets`: same key, moved to the secrets field.
+        if spec.service_account_token_in_secrets == Some(true) {
+            secrets.insert(SA_TOKENS.into(), tokens);
+        } else {
+            context.insert(SA_TOKENS.into(), tokens);
+        }
     }
 
     let request = NodePublishVolumeRequest {
