@@ -264,10 +264,10 @@ fn make_run_dir() -> Result<PathBuf, Error> {
 fn start(rt: &tokio::runtime::Runtime, spawner: mpsc::Sender<SpawnJob>) -> Result<Cluster, Error> {
     let started = Instant::now();
     // Resolve every tool first so a missing one fails before anything is started.
-    let etcd_bin = tools::tool("etcd");
-    let apiserver_bin = tools::tool("kube-apiserver");
-    let kcm_bin = tools::tool("kube-controller-manager");
-    tools::tool("moto-python");
+    let etcd_bin = tools::require("etcd")?;
+    let apiserver_bin = tools::require("kube-apiserver")?;
+    let kcm_bin = tools::require("kube-controller-manager")?;
+    tools::require("moto-python")?;
 
     let run_dir = make_run_dir()?;
     let log_dir = run_dir.join("logs");

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 pub use cluster::{Cluster, LogGuard, install_crypto_provider};
 pub use moto::{AccountId, Moto};
 pub use process::Proc;
-pub use tools::{TOOLS_BIN_ENV, find_tool, tool, tools_bin_dir};
+pub use tools::{TOOLS_BIN_ENV, find_tool, require, tool, tools_bin_dir};
 
 /// Errors while starting or talking to the harness components.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,14 @@ pub enum Error {
     /// Generating the throwaway PKI failed.
     #[error("generating test PKI: {0}")]
     Pki(String),
+    /// A pinned third-party tool is not installed.
+    #[error("test tool `{name}` not found in {} (set SECRETS_STORE_TOOLS_BIN or run `bash hack/tools.sh {name}`)", dir.display())]
+    MissingTool {
+        /// Tool name.
+        name: String,
+        /// Directory searched.
+        dir: PathBuf,
+    },
     /// A component could not be started.
     #[error("starting {name}: {source}")]
     Spawn {

@@ -75,7 +75,7 @@ impl Moto {
         let launcher = run_dir.join("moto_launcher.py");
         std::fs::write(&launcher, LAUNCHER).map_err(|e| Error::io(&launcher, e))?;
         let port = free_port()?;
-        let mut cmd = Command::new(tools::tool("moto-python"));
+        let mut cmd = Command::new(tools::require("moto-python")?);
         cmd.arg(&launcher)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -162,7 +162,8 @@ impl Moto {
     }
 
     /// Turns moto's IAM enforcement on (every signed request is checked against IAM policies of
-    /// its access key) or off (everything allowed, the default). Global to the moto server.
+    /// its access key) or off (everything allowed, the default). Global to the moto server, so
+    /// a test that enforces IAM belongs in its own test binary (its own cluster and moto).
     pub async fn set_iam_enforcement(&self, enforce: bool) -> Result<(), Error> {
         let body = if enforce { "0" } else { "inf" };
         let url = format!("{}/moto-api/reset-auth", self.endpoint());

@@ -26,10 +26,13 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
 ///
 /// Tests never skip on a missing tool: in CI that would hide a broken install step.
 pub fn tool(name: &str) -> PathBuf {
-    find_tool(name).unwrap_or_else(|| {
-        panic!(
-            "test tool `{name}` not found in {} (set {TOOLS_BIN_ENV} or run `bash hack/tools.sh {name}`)",
-            tools_bin_dir().display()
-        )
+    require(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Path of the tool `name`, or an error naming the command that installs it.
+pub fn require(name: &str) -> Result<PathBuf, crate::Error> {
+    find_tool(name).ok_or_else(|| crate::Error::MissingTool {
+        name: name.to_string(),
+        dir: tools_bin_dir(),
     })
 }
