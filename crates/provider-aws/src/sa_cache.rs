@@ -21,6 +21,7 @@ type SaMeta = PartialObjectMeta<ServiceAccount>;
 struct NamespaceWatch {
     store: Store<SaMeta>,
     task: tokio::task::JoinHandle<()>,
+    started: tokio::time::Instant,
 }
 
 /// Reads `eks.amazonaws.com/role-arn` of ServiceAccounts.
@@ -40,12 +41,15 @@ impl ServiceAccountCache {
         }
     }
 
-    fn store(&self, namespace: &str) -> Store<SaMeta> {
+    /// The namespace's store, and how long to wait for its first sync (what remains of the
+    /// timeout since the watch started: a watch that cannot sync stops delaying mounts).
+    fn store(&self, namespace: &str) -> (Store<SaMeta>, Duration) {
         let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(w) = watches.get(namespace)
             && !w.task.is_finished()
         {
-            return w.store.clone();
+            let waited = w.started.elapsed();
+            return (w.store.clone(), self.ready_timeout.saturating_sub(waited));
         }
         // An `Api` of `PartialObjectMeta` makes metadata-only list/watch requests.
         let api: Api<SaMeta> = Api::namespaced(self.client.clone(), namespace);
@@ -69,15 +73,16 @@ impl ServiceAccountCache {
             NamespaceWatch {
                 store: store.clone(),
                 task,
+                started: tokio::time::Instant::now(),
             },
         );
-        store
+        (store, self.ready_timeout)
     }
 
     /// The IRSA role of `namespace/name`.
     pub async fn role_arn(&self, namespace: &str, name: &str) -> Result<String, IdentityError> {
-        let store = self.store(namespace);
-        let ready = tokio::time::timeout(self.ready_timeout, store.wait_until_ready())
+        let (store, wait) = self.store(namespace);
+        let ready = tokio::time::timeout(wait, store.wait_until_ready())
             .await
             .is_ok_and(|r| r.is_ok());
         if ready
