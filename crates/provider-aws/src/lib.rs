@@ -8,6 +8,7 @@
 pub mod arn;
 pub mod calls;
 pub mod coalesce;
+pub mod dry_run;
 pub mod errors;
 pub mod fetch;
 pub mod identity;

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use aws_sdk_ssm::types::ParameterType;
 use common::*;
 use secrets_store_provider::Provider;
 use secrets_store_testenv::Cluster;
@@ -55,4 +56,52 @@ async fn twenty_pods_five_secrets_one_identity_cost_one_sts_and_one_batch_call()
     assert_eq!(count("AssumeRoleWithWebIdentity"), 1, "{calls:?}");
     assert_eq!(count("secretsmanager.BatchGetSecretValue"), 1, "{calls:?}");
     assert_eq!(count("secretsmanager.GetSecretValue"), 0, "{calls:?}");
+
+    // Batch limits: 25 unpinned secrets take two BatchGetSecretValue calls (20 + 5), 12 SSM
+    // parameters two GetParameters calls (10 + 2), one pinned version one GetSecretValue.
+    let ns2 = cluster.new_namespace("aws-counts-limits").await;
+    service_account(cluster, &ns2, "app", Some(&account.role_arn("limits"))).await;
+    let mut yaml = String::new();
+    for i in 0..25 {
+        sm_secret(cluster, &account, &format!("many-{i}"), &format!("m{i}")).await;
+        yaml.push_str(&format!(
+            "- objectName: many-{i}\n  objectType: secretsmanager\n"
+        ));
+    }
+    for i in 0..12 {
+        ssm_param(
+            cluster,
+            &account,
+            &format!("/p/{i}"),
+            &format!("p{i}"),
+            ParameterType::String,
+        )
+        .await;
+        yaml.push_str(&format!(
+            "- objectName: /p/{i}\n  objectType: ssmparameter\n"
+        ));
+    }
+    yaml.push_str("- objectName: many-0\n  objectType: secretsmanager\n  objectAlias: pinned\n  objectVersionLabel: AWSCURRENT\n");
+    let pod = Pod {
+        namespace: ns2.clone(),
+        service_account: "app".into(),
+        name: "pod-limits".into(),
+        tokens: tokens(cluster, &ns2, "app", &["sts.amazonaws.com"]).await,
+    };
+    cluster.moto().reset_calls();
+    let resp = provider
+        .mount(request(&pod, &[("objects", yaml.as_str())]))
+        .await
+        .expect("mount");
+    let f = files(&resp);
+    assert_eq!(f.len(), 25 + 12 + 1);
+    assert_eq!(f["many-24"], "m24");
+    assert_eq!(f["_p_11"], "p11");
+    assert_eq!(f["pinned"], "m0");
+    let calls = cluster.moto().calls();
+    let count = |k: &str| calls.get(k).copied().unwrap_or(0);
+    assert_eq!(count("secretsmanager.BatchGetSecretValue"), 2, "{calls:?}");
+    assert_eq!(count("AmazonSSM.GetParameters"), 2, "{calls:?}");
+    assert_eq!(count("secretsmanager.GetSecretValue"), 1, "{calls:?}");
+    assert_eq!(count("AssumeRoleWithWebIdentity"), 1, "{calls:?}");
 }
