@@ -172,6 +172,35 @@ async fn moto_answers_get_secret_value_per_account_and_counts_calls() {
     let after = moto.calls()["secretsmanager.GetSecretValue"];
     assert!(after > before, "counting proxy saw no GetSecretValue");
 
+    // SSM through the same account header.
+    let ssm = moto.ssm_client(&account);
+    ssm.put_parameter()
+        .name("/testenv/param")
+        .value("p-value")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let params = ssm
+        .get_parameters()
+        .names("/testenv/param")
+        .with_decryption(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(params.parameters()[0].value(), Some("p-value"));
+    let elsewhere = moto
+        .ssm_client(&other)
+        .get_parameters()
+        .names("/testenv/param")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        elsewhere.invalid_parameters(),
+        ["/testenv/param".to_string()]
+    );
+
     // Another account does not see the secret: per-test isolation holds.
     let err = moto
         .sm_client(&other)
