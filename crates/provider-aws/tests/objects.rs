@@ -83,6 +83,7 @@ async fn secrets_manager_version_id_and_stage_label() {
 
     let yaml = format!(
         "- objectName: rotating\n  objectType: secretsmanager\n  objectAlias: current\n\
+         - objectName: rotating\n  objectType: secretsmanager\n  objectAlias: current-again\n\
          - objectName: rotating\n  objectType: secretsmanager\n  objectAlias: pinned\n  objectVersion: \"{v1}\"\n\
          - objectName: rotating\n  objectType: secretsmanager\n  objectAlias: previous\n  objectVersionLabel: AWSPREVIOUS\n"
     );
@@ -93,6 +94,10 @@ async fn secrets_manager_version_id_and_stage_label() {
         .expect("mount");
     let f = files(&resp);
     assert_eq!(f["current"], "two");
+    assert_eq!(
+        f["current-again"], "two",
+        "the same object twice in one mount"
+    );
     assert_eq!(f["pinned"], "one");
     assert_eq!(f["previous"], "one");
     let v = versions(&resp);
