@@ -91,6 +91,20 @@ pub async fn node_region(client: &kube::Client, node: &str) -> Result<Option<Str
     }))
 }
 
+/// Validates SecretProviderClass parameters offline, exactly as a mount would before any
+/// network call (for `secrets-store check`). `default_region` stands in for `AWS_REGION`.
+pub fn validate(
+    parameters: &std::collections::BTreeMap<String, String>,
+    default_region: Option<&str>,
+) -> Result<params::MountParameters, ProviderError> {
+    use secrets_store_provider::ProviderErrorKind;
+    let p = params::parse(parameters, default_region)
+        .map_err(|e| ProviderError::new(ProviderErrorKind::InvalidParameters, e.to_string()))?;
+    render::check_expressions(&p.objects)
+        .map_err(|e| ProviderError::new(ProviderErrorKind::InvalidParameters, e.to_string()))?;
+    Ok(p)
+}
+
 /// The AWS provider.
 pub struct AwsProvider {
     inner: mount::Mounter,
@@ -159,5 +173,29 @@ impl Provider for AwsProvider {
 
     async fn mount(&self, request: MountRequest) -> Result<MountResponse, ProviderError> {
         self.inner.mount(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn offline_validation_covers_parameters_and_jmes_expressions() {
+        let mut p = BTreeMap::from([(
+            "objects".to_string(),
+            "- objectName: a\n  objectType: secretsmanager\n  jmesPath:\n    - path: my-key\n      objectAlias: k\n"
+                .to_string(),
+        )]);
+        let err = super::validate(&p, Some("us-east-1")).unwrap_err();
+        assert!(err.message.contains("must be quoted"), "{err}");
+        p.insert(
+            "objects".into(),
+            "- objectName: a\n  objectType: secretsmanager\n".into(),
+        );
+        let ok = super::validate(&p, Some("us-east-1")).unwrap();
+        assert_eq!(ok.objects[0].file_name, "a");
+        let err = super::validate(&p, None).unwrap_err();
+        assert!(err.message.contains("parameter region"), "{err}");
     }
 }
