@@ -176,7 +176,7 @@ impl Cluster {
 /// `aws-lc-rs` (AWS SDK), and rustls refuses to guess between them.
 pub fn install_crypto_provider() {
     // An error only means another caller installed one first, which is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// Prints component log tails when dropped during a panic. See [`Cluster::dump_logs_on_panic`].
