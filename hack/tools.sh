@@ -146,7 +146,7 @@ build_one() {
   esac
 }
 
-CORE=(moto etcd kube-apiserver kube-controller-manager csi-sanity)
+CORE=(moto etcd kube-apiserver kube-controller-manager csi-sanity helm)
 
 case "${1:-core}" in
   env)
