@@ -217,3 +217,122 @@ impl Mounter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arn::ObjectKind;
+    use crate::params::VersionSelector;
+
+    #[test]
+    fn every_failure_class_has_a_kind_and_a_message_naming_object_region_and_cause() {
+        let spec = ObjectSpec {
+            name: "arn:aws:secretsmanager:us-east-1:1:secret:db".into(),
+            kind: ObjectKind::SecretsManager,
+            selector: VersionSelector::default(),
+            file_name: "db".into(),
+            mode: None,
+            jmes: vec![],
+            failover: None,
+        };
+        let identity = IdentityKey {
+            role: "arn:aws:iam::1:role/app".into(),
+            namespace: "ns".into(),
+            service_account: "sa".into(),
+            region: "us-east-1".into(),
+        };
+        let cases = [
+            (
+                Class::AccessDenied,
+                Kind::PermissionDenied,
+                "access denied for role arn:aws:iam::1:role/app (ServiceAccount ns/sa)",
+            ),
+            (
+                Class::BadCredentials,
+                Kind::Unauthenticated,
+                "credentials of role arn:aws:iam::1:role/app",
+            ),
+            (Class::NotFound, Kind::NotFound, "not found: CAUSE"),
+            (
+                Class::Throttled,
+                Kind::Throttled,
+                "throttled beyond the retry budget",
+            ),
+            (Class::Unavailable, Kind::Unavailable, "unavailable: CAUSE"),
+            (Class::Other, Kind::Internal, ": CAUSE"),
+        ];
+        for (class, want_kind, want) in cases {
+            let (kind, message) = object_error(
+                &spec,
+                "us-east-1",
+                &identity,
+                &Classified {
+                    kind: class,
+                    message: "CAUSE".into(),
+                },
+            );
+            assert_eq!(kind, want_kind, "{class:?}");
+            assert!(
+                message.starts_with(
+                    "object \"arn:aws:secretsmanager:us-east-1:1:secret:db\" (secretsmanager) in us-east-1: "
+                ),
+                "{message}"
+            );
+            assert!(
+                message.contains(want) && message.contains("CAUSE"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn identity_failures_map_to_kinds() {
+        let cases = [
+            (
+                IdentityError::MissingToken {
+                    audience: "sts.amazonaws.com",
+                },
+                Kind::Unauthenticated,
+            ),
+            (
+                IdentityError::AssumeRoleDenied {
+                    identity: "role r".into(),
+                    region: "us-east-1".into(),
+                    message: "AccessDenied: not authorized".into(),
+                },
+                Kind::Unauthenticated,
+            ),
+            (
+                IdentityError::Sts {
+                    identity: "role r".into(),
+                    region: "us-east-1".into(),
+                    message: "connection refused".into(),
+                    retryable: true,
+                },
+                Kind::Unavailable,
+            ),
+            (
+                IdentityError::Kube {
+                    namespace: "ns".into(),
+                    name: "sa".into(),
+                    message: "timeout".into(),
+                },
+                Kind::Unavailable,
+            ),
+        ];
+        for (e, kind) in cases {
+            let p = identity_error(e.clone());
+            assert_eq!(p.kind, kind, "{e}");
+            assert_eq!(p.message, e.to_string());
+        }
+        let denied = IdentityError::AssumeRoleDenied {
+            identity: "role arn:aws:iam::1:role/x (ServiceAccount ns/sa)".into(),
+            region: "eu-west-1".into(),
+            message: "AccessDenied: nope".into(),
+        };
+        assert_eq!(
+            denied.to_string(),
+            "AssumeRoleWithWebIdentity for role arn:aws:iam::1:role/x (ServiceAccount ns/sa) in eu-west-1 denied: AccessDenied: nope"
+        );
+    }
+}
