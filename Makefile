@@ -37,3 +37,25 @@ demo: tools
 
 clean-cache:
 	rm -rf $(SECRETS_STORE_CACHE)
+
+.PHONY: deny
+## deny: licenses, duplicate crates, one rustls crypto provider, crates.io only (deny.toml).
+## No advisories check: the RustSec database cannot be fetched on these machines.
+deny:
+	bash hack/tools.sh cargo-deny
+	$(CARGO) fetch --locked
+	PATH="$(SECRETS_STORE_TOOLS_BIN):$$PATH" $(CARGO) deny --offline --locked check bans licenses sources
+
+## fuzz: run every cargo-fuzz target for FUZZ_SECONDS each (nightly; see fuzz/README.md).
+## New inputs go to fuzz/target/corpus/<target>; the committed seeds in fuzz/corpus/<target> are
+## only read (make test replays them on stable).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= objects volume_context paths
+fuzz:
+	bash hack/tools.sh cargo-fuzz
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/target/corpus/$$t; \
+	  PATH="$(SECRETS_STORE_TOOLS_BIN):$$PATH" $(CARGO) +nightly fuzz run --fuzz-dir fuzz $$t \
+	    fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=4096; \
+	done

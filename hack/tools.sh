@@ -129,12 +129,25 @@ build_moto() {
   link moto-python "$dest/venv/bin/python"
 }
 
+# cargo_install NAME VERSION: a cargo subcommand from crates.io, pinned, with its own lock file.
+cargo_install() {
+  local name="$1" version="$2" dest="$TOOLS/$1-$2"
+  if [[ ! -x "$dest/bin/$name" ]]; then
+    command -v cargo >/dev/null || die "cargo is required to build $name"
+    log "installing $name $version from crates.io"
+    cargo install --quiet --locked --version "=$version" --root "$dest" "$name" || return 1
+  fi
+  link "$name" "$dest/bin/$name"
+}
+
 build_one() {
   case "$1" in
     etcd) build_etcd ;;
     kube-apiserver|kube-controller-manager) build_kube "$1" ;;
     csi-sanity) go_install csi-sanity "$CSI_TEST_VERSION" github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
     moto) build_moto ;;
+    cargo-deny) cargo_install cargo-deny "$CARGO_DENY_VERSION" || die "could not install cargo-deny $CARGO_DENY_VERSION" ;;
+    cargo-fuzz) cargo_install cargo-fuzz "$CARGO_FUZZ_VERSION" || die "could not install cargo-fuzz $CARGO_FUZZ_VERSION" ;;
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
     # The Go module proxy reachable from these machines answers 403 ("not available") for both
     # upstream modules, so interop tests and benchmarks against them cannot run here.
@@ -146,7 +159,7 @@ build_one() {
   esac
 }
 
-CORE=(moto etcd kube-apiserver kube-controller-manager csi-sanity helm)
+CORE=(moto etcd kube-apiserver kube-controller-manager csi-sanity helm cargo-deny)
 
 case "${1:-core}" in
   env)
