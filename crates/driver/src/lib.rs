@@ -21,6 +21,7 @@ pub use volume_context::VolumeContext;
 pub use writer::AtomicWriter;
 
 pub mod classes;
+pub mod controller;
 pub mod csi;
 pub mod node;
 pub mod providers;

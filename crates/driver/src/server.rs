@@ -16,6 +16,7 @@ use secrets_store_api::registration::v1::registration_server::RegistrationServer
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::controller::ControllerServer;
 use crate::csi::{IdentityService, NodeGrpc, Readiness};
 use crate::metrics::Metrics;
 use crate::node::NodeService;
@@ -121,6 +122,7 @@ pub async fn serve(
             NodeServer::new(NodeGrpc::new(service.clone()))
                 .max_decoding_message_size(config.max_recv_msg_size),
         )
+        .add_service(ControllerServer)
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(csi_listener),
             stopped(stop_rx.clone()),

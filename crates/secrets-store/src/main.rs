@@ -1,1 +1,53 @@
-fn main() {}
+//! `secrets-store`: the node agent of the Secrets Store CSI driver, with one subcommand per mode.
+//!
+//! `main` stays thin: it parses flags, sets up logging and hands over to `cmd::<name>::run`.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Kubernetes Secrets Store CSI driver (`secrets-store.csi.k8s.io`) with a built-in AWS provider.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "LOG_FORMAT_JSON")]
+    log_format_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the CSI node agent (CSI Identity + Node, kubelet registration, health, metrics).
+    Node(cmd::node::NodeArgs),
+    /// Serve only the AWS provider over upstream's v1alpha1 API (for the upstream Go driver).
+    ProviderAws(cmd::provider_aws::ProviderAwsArgs),
+}
+
+fn init_logging(json: bool) {
+    // RUST_LOG overrides; secrets never reach any level (they are wrapped in redacting types).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format_json);
+    // Both ring (kube) and aws-lc (AWS SDK) are linked; pick one process-wide. An error only
+    // means one was installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    match cli.command {
+        Command::Node(args) => cmd::node::run(args).await,
+        Command::ProviderAws(args) => cmd::provider_aws::run(args).await,
+    }
+}

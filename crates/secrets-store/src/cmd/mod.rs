@@ -1,0 +1,5 @@
+//! One module per subcommand.
+
+pub mod node;
+pub mod provider_aws;
+pub mod signal;
