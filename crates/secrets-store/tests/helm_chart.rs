@@ -1,0 +1,533 @@
+//! The Helm chart, tested for real with the pinned `helm` (`bash hack/tools.sh helm`):
+//! `helm lint`, golden `helm template` output, the static manifests under `deploy/` generated from
+//! it, and `helm install` into the test apiserver followed by an RBAC check that impersonates the
+//! chart's ServiceAccount: it can do what the node agent needs and nothing more.
+//!
+//! Regenerate every committed rendering (golden files, `deploy/`, the chart's copy of the CRDs):
+//! `UPDATE_GOLDEN=1 cargo test -p secrets-store --test helm_chart`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    SelfSubjectRulesReview, SelfSubjectRulesReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::storage::v1::CSIDriver;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use secrets_store_testenv::Cluster;
+
+const REGENERATE: &str = "UPDATE_GOLDEN=1 cargo test -p secrets-store --test helm_chart";
+/// Release name and namespace of the static manifests (what `kubectl apply` users get).
+const STATIC_RELEASE: &str = "secrets-store-rs";
+const STATIC_NAMESPACE: &str = "kube-system";
+/// The chart names every object after itself.
+const NAME: &str = "secrets-store-rs";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/secrets-store-rs")
+}
+
+fn updating() -> bool {
+    std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The pinned helm. Never skipped: a missing tool fails the test with the command that builds it.
+fn helm_bin() -> PathBuf {
+    secrets_store_testenv::find_tool("helm").unwrap_or_else(|| {
+        panic!(
+            "helm not found in {} (set SECRETS_STORE_TOOLS_BIN or run `bash hack/tools.sh helm`)",
+            secrets_store_testenv::tools_bin_dir().display()
+        )
+    })
+}
+
+/// Runs helm with private cache/config dirs (never the user's), returning stdout; panics with
+/// stderr on failure.
+fn helm(args: &[&str]) -> String {
+    let home = tempfile::tempdir().expect("helm home");
+    let out = Command::new(helm_bin())
+        .args(args)
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .output()
+        .expect("running helm");
+    assert!(
+        out.status.success(),
+        "helm {} failed ({}):\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("helm output is UTF-8")
+}
+
+/// `helm template` of the chart as the static release, with extra `--set` values.
+fn render(sets: &[&str]) -> String {
+    let chart = chart_dir();
+    let mut args = vec![
+        "template",
+        STATIC_RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        STATIC_NAMESPACE,
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    helm(&args)
+}
+
+/// Compares `actual` with the committed file `path` (or rewrites it under `UPDATE_GOLDEN`).
+fn assert_current(path: &Path, actual: &str) {
+    if updating() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_default();
+    if expected != actual {
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} is out of date (first difference at line {}: expected {:?}, rendered {:?}).\n\
+             Regenerate with: {REGENERATE}",
+            path.display(),
+            first + 1,
+            expected.lines().nth(first).unwrap_or("<end of file>"),
+            actual.lines().nth(first).unwrap_or("<end of file>"),
+        );
+    }
+}
+
+const HEADER: &str = "# Generated from charts/secrets-store-rs by `helm template`; do not edit.\n";
+
+#[test]
+fn helm_lint_passes_for_default_and_full_values() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let out = helm(&["lint", "--strict", chart]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    let out = helm(&[
+        "lint",
+        "--strict",
+        chart,
+        "--set",
+        "syncSecret.enabled=true,enableSecretRotation=true,providerHealthCheck=true,aws.enabled=false,metrics.enabled=false,logFormatJSON=true,logVerbosity=5,aws.region=eu-west-1",
+    ]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+}
+
+#[test]
+fn template_default_values_matches_golden() {
+    let out = render(&[]);
+    // The defaults are the secure ones: no Secret access, no rotation, one container.
+    assert!(
+        !out.contains("\"secrets\""),
+        "Secret RBAC without syncSecret"
+    );
+    assert!(out.contains("requiresRepublish: false"));
+    assert_eq!(out.matches("- name: secrets-store\n").count(), 1);
+    assert_current(
+        &chart_dir().join("tests/golden/default.yaml"),
+        &format!("{HEADER}{out}"),
+    );
+}
+
+#[test]
+fn template_sync_and_rotation_matches_golden() {
+    let out = render(&[
+        "syncSecret.enabled=true",
+        "enableSecretRotation=true",
+        "rotationPollInterval=30s",
+    ]);
+    assert!(out.contains("requiresRepublish: true"));
+    assert!(out.contains("- --enable-secret-sync"));
+    assert!(out.contains("- --enable-secret-rotation"));
+    assert!(out.contains("- --rotation-poll-interval=30s"));
+    assert_current(
+        &chart_dir().join("tests/golden/sync-rotation.yaml"),
+        &format!("{HEADER}{out}"),
+    );
+}
+
+/// `deploy/secrets-store-rs.yaml` is the chart with default values, for `kubectl apply` users
+/// (after `kubectl apply -f deploy/crds/`).
+#[test]
+fn static_manifests_are_current() {
+    let out = render(&[]);
+    assert_current(
+        &repo_root().join("deploy/secrets-store-rs.yaml"),
+        &format!("{HEADER}{out}"),
+    );
+}
+
+/// The chart ships the CRDs the api crate generates (`make crds` writes `deploy/crds/`).
+#[test]
+fn chart_crds_are_the_generated_ones() {
+    let generated = repo_root().join("deploy/crds");
+    let copied = chart_dir().join("crds");
+    let mut names: Vec<String> = std::fs::read_dir(&generated)
+        .expect("deploy/crds")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "expected two generated CRDs: {names:?}");
+    for name in &names {
+        let want = std::fs::read_to_string(generated.join(name)).unwrap();
+        assert_current(&copied.join(name), &want);
+    }
+    let mut shipped: Vec<String> = std::fs::read_dir(&copied)
+        .expect("chart crds/")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    shipped.sort();
+    assert_eq!(
+        shipped, names,
+        "the chart's crds/ must hold exactly deploy/crds/*.yaml; regenerate with: {REGENERATE}"
+    );
+}
+
+/// A client that acts as the chart's ServiceAccount (impersonated by the admin identity).
+async fn impersonating(cluster: &Cluster, ns: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig_path()).expect("test kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("config from test kubeconfig");
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{NAME}"));
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".into(),
+    ]);
+    Client::try_from(config).expect("impersonating client")
+}
+
+/// Whether the impersonated identity may do `verb` on `resource` (`group/resource[/sub]`).
+async fn can(client: &Client, verb: &str, resource: &str, namespace: Option<&str>) -> bool {
+    let (group, rest) = resource.split_once('/').unwrap_or(("", resource));
+    let (resource, subresource) = match rest.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_string())),
+        None => (rest, None),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(group.to_string()),
+                resource: Some(resource.to_string()),
+                subresource,
+                verb: Some(verb.to_string()),
+                namespace: namespace.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    api.create(&PostParams::default(), &review)
+        .await
+        .expect("SelfSubjectAccessReview")
+        .status
+        .expect("review status")
+        .allowed
+}
+
+/// Every (group/resource, verb) the identity holds in `ns`, minus what every authenticated user
+/// holds (the self-review APIs).
+async fn rules_in(client: &Client, ns: &str) -> BTreeSet<String> {
+    let api: Api<SelfSubjectRulesReview> = Api::all(client.clone());
+    let review = SelfSubjectRulesReview {
+        spec: SelfSubjectRulesReviewSpec {
+            namespace: Some(ns.to_string()),
+        },
+        ..Default::default()
+    };
+    let status = api
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SelfSubjectRulesReview")
+        .status
+        .expect("rules status");
+    let mut out = BTreeSet::new();
+    for rule in status.resource_rules {
+        let groups = rule.api_groups.unwrap_or_default();
+        if groups
+            .iter()
+            .any(|g| g == "authorization.k8s.io" || g == "authentication.k8s.io")
+        {
+            continue;
+        }
+        let names = rule.resource_names.unwrap_or_default();
+        for g in &groups {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    let suffix = if names.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", names.join(","))
+                    };
+                    out.insert(format!("{g}/{r} {v}{suffix}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The rules the node agent needs without secret sync: exactly these, nothing else.
+fn base_rules() -> BTreeSet<String> {
+    let mut want = BTreeSet::new();
+    let mut add = |res: &str, verbs: &[&str]| {
+        for v in verbs {
+            want.insert(format!("{res} {v}"));
+        }
+    };
+    let read = ["get", "list", "watch"];
+    add("secrets-store.csi.x-k8s.io/secretproviderclasses", &read);
+    add(
+        "secrets-store.csi.x-k8s.io/secretproviderclasspodstatuses",
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
+    );
+    add("/pods", &read);
+    add("/events", &["create", "patch"]);
+    add("events.k8s.io/events", &["create", "patch"]);
+    add("/serviceaccounts", &read);
+    add("/nodes", &["get"]);
+    want
+}
+
+fn sync_rules() -> BTreeSet<String> {
+    let mut want = base_rules();
+    for v in [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ] {
+        want.insert(format!("/secrets {v}"));
+    }
+    for r in ["deployments", "statefulsets", "daemonsets"] {
+        for v in ["get", "list", "patch"] {
+            want.insert(format!("apps/{r} {v}"));
+        }
+    }
+    want
+}
+
+/// What the agent must never be able to do, whatever the values.
+async fn assert_never(client: &Client, other_ns: &str) {
+    for (verb, resource) in [
+        ("create", "/serviceaccounts/token"),
+        ("create", "/pods"),
+        ("delete", "/pods"),
+        ("create", "/pods/exec"),
+        ("update", "/nodes"),
+        ("patch", "/nodes"),
+        ("list", "/configmaps"),
+        ("create", "secrets-store.csi.x-k8s.io/secretproviderclasses"),
+        ("update", "secrets-store.csi.x-k8s.io/secretproviderclasses"),
+        ("delete", "secrets-store.csi.x-k8s.io/secretproviderclasses"),
+        ("escalate", "rbac.authorization.k8s.io/clusterroles"),
+        ("bind", "rbac.authorization.k8s.io/clusterroles"),
+        ("create", "rbac.authorization.k8s.io/rolebindings"),
+        ("impersonate", "/serviceaccounts"),
+        ("create", "apps/deployments"),
+        ("delete", "apps/deployments"),
+    ] {
+        assert!(
+            !can(client, verb, resource, Some(other_ns)).await,
+            "the agent must not {verb} {resource}"
+        );
+    }
+}
+
+/// `helm install` into the test apiserver, then the RBAC check (issue 8): impersonating the
+/// chart's ServiceAccount, with and without `syncSecret.enabled` (a `helm upgrade`).
+#[tokio::test]
+async fn helm_install_creates_driver_and_least_privilege_rbac() {
+    let cluster = Cluster::shared();
+    let _logs = cluster.dump_logs_on_panic();
+    let ns = cluster.new_namespace("chart").await;
+    let workload_ns = cluster.new_namespace("chart-workload").await;
+    let admin = cluster.client();
+    let kubeconfig = cluster.kubeconfig_path().to_str().unwrap().to_string();
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap().to_string();
+    let install = |verb: &'static str, sets: &'static str| {
+        let mut args = vec![
+            verb,
+            NAME,
+            chart.as_str(),
+            "--namespace",
+            ns.as_str(),
+            "--kubeconfig",
+            kubeconfig.as_str(),
+            "--timeout",
+            "120s",
+        ];
+        if !sets.is_empty() {
+            args.extend(["--set", sets]);
+        }
+        helm(&args)
+    };
+    install("install", "");
+
+    // CSIDriver exactly as kubelet needs it.
+    let driver = Api::<CSIDriver>::all(admin.clone())
+        .get("secrets-store.csi.k8s.io")
+        .await
+        .expect("CSIDriver installed");
+    let spec = driver.spec;
+    assert_eq!(spec.pod_info_on_mount, Some(true));
+    assert_eq!(spec.attach_required, Some(false));
+    assert_eq!(spec.volume_lifecycle_modes, Some(vec!["Ephemeral".into()]));
+    assert_eq!(spec.requires_republish, Some(false));
+    let audiences: Vec<String> = spec
+        .token_requests
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.audience)
+        .collect();
+    assert_eq!(audiences, ["sts.amazonaws.com", "pods.eks.amazonaws.com"]);
+
+    // One container, privileged only for mounting, read-only root filesystem.
+    let ds = Api::<DaemonSet>::namespaced(admin.clone(), &ns)
+        .get(NAME)
+        .await
+        .expect("DaemonSet installed");
+    let pod_spec = ds.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod_spec.containers.len(),
+        1,
+        "the DaemonSet has ONE container"
+    );
+    assert_eq!(pod_spec.service_account_name.as_deref(), Some(NAME));
+    let container = &pod_spec.containers[0];
+    let sc = container.security_context.clone().unwrap();
+    assert_eq!(sc.privileged, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let bidirectional: Vec<String> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.mount_propagation.as_deref() == Some("Bidirectional"))
+        .map(|m| m.mount_path.clone())
+        .collect();
+    assert_eq!(bidirectional, ["/var/lib/kubelet/pods"]);
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .get(NAME)
+        .await
+        .expect("ServiceAccount installed");
+
+    // CRDs present (the chart's crds/ are the generated files; see chart_crds_are_the_generated_ones).
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for name in [
+        "secretproviderclasses.secrets-store.csi.x-k8s.io",
+        "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io",
+    ] {
+        crds.get(name).await.expect("CRD present");
+    }
+    let role = Api::<ClusterRole>::all(admin.clone())
+        .get(NAME)
+        .await
+        .expect("ClusterRole installed");
+    assert!(
+        role.rules
+            .iter()
+            .flatten()
+            .all(|r| !r.resources.iter().flatten().any(|x| x == "secrets")),
+        "no Secret rule in the base ClusterRole: {:?}",
+        role.rules
+    );
+
+    // RBAC as the agent, without sync: exactly the base rules, in any namespace.
+    let agent = impersonating(cluster, &ns).await;
+    assert_eq!(rules_in(&agent, &workload_ns).await, base_rules());
+    assert_never(&agent, &workload_ns).await;
+    for verb in [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ] {
+        assert!(
+            !can(&agent, verb, "/secrets", None).await,
+            "without syncSecret the agent must not {verb} Secrets"
+        );
+    }
+    // And for real against the apiserver: what it needs works, the rest is refused.
+    Api::<Pod>::all(agent.clone())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={}", cluster.node_name())))
+        .await
+        .expect("the agent lists its node's pods");
+    let forbidden = Api::<Secret>::all(agent.clone())
+        .list(&ListParams::default())
+        .await
+        .expect_err("cluster-wide Secret list must be refused");
+    assert!(
+        matches!(forbidden, kube::Error::Api(ref e) if e.code == 403),
+        "{forbidden}"
+    );
+
+    // With secret sync: Secret and rollout verbs are added, nothing else.
+    install(
+        "upgrade",
+        "syncSecret.enabled=true,enableSecretRotation=true",
+    );
+    let driver = Api::<CSIDriver>::all(admin.clone())
+        .get("secrets-store.csi.k8s.io")
+        .await
+        .unwrap();
+    assert_eq!(driver.spec.requires_republish, Some(true));
+    assert_eq!(rules_in(&agent, &workload_ns).await, sync_rules());
+    assert_never(&agent, &workload_ns).await;
+    // The rollout key: get by name and create in the agent's own namespace.
+    let own = rules_in(&agent, &ns).await;
+    assert!(
+        own.contains("/secrets get (secrets-store-rs-rollout-key)")
+            && own.contains("/secrets create"),
+        "{own:?}"
+    );
+    Api::<Secret>::all(agent.clone())
+        .list(&ListParams::default().labels("secrets-store.csi.k8s.io/managed=true"))
+        .await
+        .expect("with syncSecret the agent lists managed Secrets");
+
+    helm(&[
+        "uninstall",
+        NAME,
+        "--namespace",
+        &ns,
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(
+        Api::<CSIDriver>::all(admin.clone())
+            .get_opt("secrets-store.csi.k8s.io")
+            .await
+            .unwrap()
+            .is_none(),
+        "uninstall removes the CSIDriver"
+    );
+    let namespaces: Api<Namespace> = Api::all(admin);
+    for n in [&ns, &workload_ns] {
+        namespaces
+            .delete(n, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
