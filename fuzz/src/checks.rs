@@ -84,7 +84,7 @@ pub fn check_objects(data: &[u8]) {
     let Some(attrs) = decode_objects_input(data) else {
         return;
     };
-    check_parameters(&attrs);
+    let _ = check_parameters(&attrs);
 }
 
 /// The invariants of parameter validation, for one parameter map. Returns the validated
