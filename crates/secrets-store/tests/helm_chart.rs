@@ -116,6 +116,9 @@ fn assert_current(path: &Path, actual: &str) {
     }
 }
 
+/// The chart's cluster-scoped objects (CSIDriver, ClusterRoles) allow one release at a time.
+static INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const HEADER: &str = "# Generated from charts/secrets-store-rs by `helm template`; do not edit.\n";
 
 #[test]
@@ -362,6 +365,7 @@ async fn assert_never(client: &Client, other_ns: &str) {
 /// chart's ServiceAccount, with and without `syncSecret.enabled` (a `helm upgrade`).
 #[tokio::test]
 async fn helm_install_creates_driver_and_least_privilege_rbac() {
+    let _one_release = INSTALL.lock().await;
     let cluster = Cluster::shared();
     let _logs = cluster.dump_logs_on_panic();
     let ns = cluster.new_namespace("chart").await;
@@ -525,6 +529,248 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
     );
     let namespaces: Api<Namespace> = Api::all(admin);
     for n in [&ns, &workload_ns] {
+        namespaces
+            .delete(n, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}
+
+/// `helm install <sets>` into `ns` with the test kubeconfig.
+fn helm_install(cluster: &Cluster, ns: &str, sets: &str) {
+    let chart = chart_dir();
+    let kubeconfig = cluster.kubeconfig_path().to_str().unwrap().to_string();
+    let mut args = vec![
+        "install",
+        NAME,
+        chart.to_str().unwrap(),
+        "--namespace",
+        ns,
+        "--kubeconfig",
+        &kubeconfig,
+        "--timeout",
+        "120s",
+    ];
+    if !sets.is_empty() {
+        args.extend(["--set", sets]);
+    }
+    helm(&args);
+}
+
+/// A kubeconfig file acting as the chart's ServiceAccount (admin credentials + impersonation).
+fn impersonating_kubeconfig(cluster: &Cluster, ns: &str, path: &Path) {
+    let mut kubeconfig = Kubeconfig::read_from(cluster.kubeconfig_path()).expect("test kubeconfig");
+    for named in &mut kubeconfig.auth_infos {
+        if let Some(auth) = named.auth_info.as_mut() {
+            auth.impersonate = Some(format!("system:serviceaccount:{ns}:{NAME}"));
+            auth.impersonate_groups = Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ]);
+        }
+    }
+    let yaml = serde_yaml::to_string(&kubeconfig).expect("kubeconfig YAML");
+    std::fs::write(path, yaml).unwrap();
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+fn seed_file(name: &str) -> String {
+    let path = repo_root().join("examples/seed").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The seed walk-through against what the chart created: the DaemonSet's own container command
+/// (args and env as rendered, host paths moved under a temp dir standing in for the node) runs
+/// the real binary as the chart's ServiceAccount, and the kubelet simulator plays the node. This
+/// proves the chart's flags are ones the agent accepts and its RBAC is enough for a mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
+    use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
+
+    let _one_release = INSTALL.lock().await;
+    let cluster = Cluster::shared();
+    let _logs = cluster.dump_logs_on_panic();
+    let agent_ns = cluster.new_namespace("chart-agent").await;
+    let ns = cluster.new_namespace("chart-seed").await;
+    let admin = cluster.client();
+    helm_install(cluster, &agent_ns, "");
+
+    // The node: host paths of the DaemonSet's volumes under a temp dir.
+    let node = tempfile::tempdir().unwrap();
+    let host = |p: &str| format!("{}{p}", node.path().display());
+    let ds = Api::<DaemonSet>::namespaced(admin.clone(), &agent_ns)
+        .get(NAME)
+        .await
+        .unwrap();
+    let pod_spec = ds.spec.unwrap().template.spec.unwrap();
+    for v in pod_spec.volumes.iter().flatten() {
+        let hp = v.host_path.as_ref().expect("hostPath volumes only");
+        // DirectoryOrCreate is created by kubelet; Directory must exist on a real node.
+        std::fs::create_dir_all(host(&hp.path)).unwrap();
+    }
+    let container = &pod_spec.containers[0];
+    let expand = |s: &str| {
+        s.replace("$(KUBE_NODE_NAME)", cluster.node_name())
+            .replace("$(POD_NAMESPACE)", &agent_ns)
+            .replace("/var/lib/kubelet", &host("/var/lib/kubelet"))
+            .replace("/var/run/", &host("/var/run/"))
+    };
+    let args: Vec<String> = container
+        .args
+        .iter()
+        .flatten()
+        .map(|a| {
+            // Listeners stay off: several agents share this machine's ports.
+            if a.starts_with("--metrics-addr=") || a.starts_with("--healthz-addr=") {
+                let flag = a.split('=').next().unwrap();
+                format!("{flag}=")
+            } else {
+                expand(a)
+            }
+        })
+        .collect();
+    let kubeconfig = node.path().join("agent.kubeconfig");
+    impersonating_kubeconfig(cluster, &agent_ns, &kubeconfig);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secrets-store"));
+    cmd.args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("AWS_ENDPOINT_URL", cluster.moto().endpoint())
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    for e in container.env.iter().flatten() {
+        let value = match (
+            &e.value,
+            e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()),
+        ) {
+            (Some(v), _) => v.clone(),
+            (None, Some(f)) if f.field_path == "spec.nodeName" => cluster.node_name().into(),
+            (None, Some(f)) if f.field_path == "metadata.namespace" => agent_ns.clone(),
+            other => panic!("env {} has an unexpected source {other:?}", e.name),
+        };
+        cmd.env(&e.name, value);
+    }
+    let agent = cluster
+        .spawn("chart-agent", cmd)
+        .expect("starting the agent");
+
+    let root = std::path::PathBuf::from(host("/var/lib/kubelet"));
+    let mut kubelet = KubeletSim::start(
+        cluster.client(),
+        KubeletConfig::new(cluster.node_name(), &root, &ns),
+    );
+
+    // The seed's AWS side (an account of its own) and manifests, verbatim.
+    let account = cluster.moto().new_account();
+    cluster
+        .moto()
+        .sm_client(&account)
+        .create_secret()
+        .name("CSI-driver-test-secret")
+        .secret_string("secretkey")
+        .send()
+        .await
+        .expect("CreateSecret");
+    let pp = PostParams::default();
+    let sa: ServiceAccount = serde_yaml::from_str(
+        &seed_file("serviceaccount.yaml").replace("ROLE_ARN", &account.role_arn("nginx")),
+    )
+    .unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .create(&pp, &sa)
+        .await
+        .unwrap();
+    let spc: secrets_store_api::crd::SecretProviderClass =
+        serde_yaml::from_str(&seed_file("secretproviderclass.yaml")).unwrap();
+    Api::<secrets_store_api::crd::SecretProviderClass>::namespaced(admin.clone(), &ns)
+        .create(&pp, &spc)
+        .await
+        .unwrap();
+    let deploy: k8s_openapi::api::apps::v1::Deployment =
+        serde_yaml::from_str(&seed_file("test-nginx.yaml")).unwrap();
+    let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), &ns);
+    deployments.create(&pp, &deploy).await.unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    let running = eventually("3 running pods with their volume published", || async {
+        agent
+            .check_running()
+            .unwrap_or_else(|e| panic!("the agent exited: {e}"));
+        let list = pods.list(&ListParams::default()).await.ok()?.items;
+        let running: Vec<Pod> = list
+            .into_iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .collect();
+        (running.len() == 3).then_some(running)
+    })
+    .await;
+    for pod in &running {
+        let uid = pod.metadata.uid.clone().unwrap();
+        let file = kubelet
+            .target_path(&uid, "secrets-store-inline")
+            .join("CSI-driver-test-secret");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "secretkey");
+    }
+
+    // Nothing the agent did was refused, and the value never reached its log.
+    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("mounted AWS objects"),
+        "the built-in AWS provider served the mounts (log at the chart's RUST_LOG):\n{log}"
+    );
+    assert!(
+        !log.to_ascii_lowercase().contains("forbidden"),
+        "the agent hit an RBAC denial:\n{log}"
+    );
+    assert!(
+        !log.contains("secretkey"),
+        "the secret value is in the agent's log"
+    );
+
+    // Tear down in kubelet's order: pods go, volumes are unpublished (tmpfs unmounted), then the
+    // agent and the release.
+    deployments
+        .delete(
+            "csi-secret-driver-test-nginx-deployment",
+            &DeleteParams::foreground(),
+        )
+        .await
+        .unwrap();
+    pods.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .unwrap();
+    eventually("every volume unpublished", || async {
+        kubelet.published_targets().is_empty().then_some(())
+    })
+    .await;
+    kubelet.stop();
+    agent.stop();
+    helm(&[
+        "uninstall",
+        NAME,
+        "--namespace",
+        &agent_ns,
+        "--kubeconfig",
+        cluster.kubeconfig_path().to_str().unwrap(),
+    ]);
+    let namespaces: Api<Namespace> = Api::all(admin);
+    for n in [&ns, &agent_ns] {
         namespaces
             .delete(n, &DeleteParams::default())
             .await
