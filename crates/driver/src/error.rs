@@ -156,6 +156,9 @@ impl PublishError {
             Self::InvalidProviderName(_) | Self::ProviderNotFound { .. } => {
                 "FailedToLookupProviderGRPCClient"
             }
+            Self::Provider { source, .. } if source.kind == ProviderErrorKind::InvalidResponse => {
+                "InvalidProviderResponse"
+            }
             Self::Provider { .. } => "ProviderError",
             Self::Write { source, .. } => match source {
                 WriteError::InvalidPath(_) | WriteError::InvalidMode { .. } => {

@@ -133,3 +133,4 @@ pub fn dead_kubeconfig(dir: &Path) -> PathBuf {
     .unwrap();
     path
 }
+pub mod test_provider;
