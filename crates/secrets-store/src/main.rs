@@ -43,8 +43,8 @@ fn init_logging(json: bool) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format_json);
-    // Both ring (kube) and aws-lc (AWS SDK) are linked; pick one process-wide. An error only
-    // means one was installed already.
+    // One TLS stack process-wide (kube and the AWS SDK both use rustls with aws-lc-rs). An error
+    // only means one was installed already.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match cli.command {
         Command::Node(args) => cmd::node::run(args).await,
