@@ -24,7 +24,7 @@ fn csi_sanity_node_and_identity() {
     // answers Probe while the API server is unreachable.
     let kubeconfig = dead_kubeconfig(dir.path());
     let kubelet_dir = dir.path().join("kubelet");
-    let driver = Driver::start(
+    let mut driver = Driver::start(
         dir.path(),
         &kubeconfig,
         &[
@@ -38,6 +38,13 @@ fn csi_sanity_node_and_identity() {
             "",
         ],
     );
+    // Both sockets are private to root, and kubelet's registration socket is where it looks.
+    use std::os::unix::fs::PermissionsExt;
+    let reg = kubelet_dir.join("plugins_registry/secrets-store.csi.k8s.io-reg.sock");
+    for sock in [&driver.socket, &reg] {
+        let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", sock.display());
+    }
     let output = Command::new(csi_sanity)
         .arg(format!("--csi.endpoint=unix://{}", driver.socket.display()))
         .arg(format!(
@@ -74,4 +81,12 @@ fn csi_sanity_node_and_identity() {
         passed >= 10,
         "expected at least 10 specs to pass:\n{stdout}"
     );
+
+    // SIGTERM: graceful exit, sockets removed.
+    assert!(
+        driver.stop(),
+        "driver did not exit cleanly:\n{}",
+        driver.log_text()
+    );
+    assert!(!driver.socket.exists() && !reg.exists());
 }
