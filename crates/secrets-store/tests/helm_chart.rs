@@ -728,6 +728,28 @@ async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "secretkey");
     }
 
+    // The chart's memory limit is sized from this: the agent's peak RSS through the walk-through
+    // (a debug build, larger than the release image's) must fit well inside it.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status");
+    let limit = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .map(|q| q.0.clone())
+        .expect("a memory limit");
+    assert_eq!(limit, "128Mi", "update this check with the chart's limit");
+    eprintln!("agent peak RSS: {} MiB (limit {limit})", peak_kib / 1024);
+    assert!(
+        peak_kib < 128 * 1024 / 2,
+        "peak RSS {peak_kib} KiB leaves less than half of the {limit} limit"
+    );
+
     // Nothing the agent did was refused, and the value never reached its log.
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     assert!(
