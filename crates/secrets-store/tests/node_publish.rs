@@ -75,7 +75,10 @@ fn start_driver(
     metrics: u16,
     healthz: u16,
 ) -> Driver {
-    Driver::start(
+    // The built-in AWS provider talks to moto (aws-config reads AWS_ENDPOINT_URL).
+    let moto = cluster.moto().endpoint();
+    let env = [("AWS_ENDPOINT_URL", moto.as_str())];
+    Driver::start_with_env(
         root,
         cluster.kubeconfig_path(),
         &[
@@ -92,6 +95,7 @@ fn start_driver(
             "--tmpfs-size",
             "8Mi",
         ],
+        &env,
     )
 }
 
@@ -141,19 +145,30 @@ impl World {
     }
 
     async fn create_pod(&self, name: &str, class: &str) -> Pod {
+        // A volume attribute overrides the class parameter of the same name.
+        let attrs = json!({"secretProviderClass": class, "region": "pod-region"});
+        self.create_pod_as(name, "default", attrs).await
+    }
+
+    async fn create_pod_as(
+        &self,
+        name: &str,
+        service_account: &str,
+        attrs: serde_json::Value,
+    ) -> Pod {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": name},
             "spec": {
+                "serviceAccountName": service_account,
                 "containers": [{"name": "app", "image": "example.invalid/app:1",
                     "volumeMounts": [{"name": "secrets", "mountPath": "/mnt/secrets", "readOnly": true}]}],
                 "volumes": [{"name": "secrets", "csi": {
                     "driver": DRIVER,
                     "readOnly": true,
-                    // A volume attribute overrides the class parameter of the same name.
-                    "volumeAttributes": {"secretProviderClass": class, "region": "pod-region"}
+                    "volumeAttributes": attrs
                 }}]
             }
         }))
@@ -647,4 +662,66 @@ async fn restart_between_publish_and_unpublish() {
         })
         .await
         .expect("second unpublish is a no-op");
+}
+
+/// The built-in AWS provider (in process) end to end: IRSA role annotation, the token kubelet
+/// requested for `sts.amazonaws.com`, moto's STS and Secrets Manager, files in the pod's volume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_through_the_builtin_aws_provider() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let w = World::new("drv-aws").await;
+    let _logs = w.cluster.dump_logs_on_panic();
+    let account = w.cluster.moto().new_account();
+    w.cluster
+        .moto()
+        .sm_client(&account)
+        .create_secret()
+        .name("db-password")
+        .secret_string("hunter2-from-moto")
+        .send()
+        .await
+        .expect("create_secret in moto");
+    let sas: Api<ServiceAccount> = Api::namespaced(w.client.clone(), &w.ns);
+    let sa: ServiceAccount = serde_json::from_value(json!({
+        "metadata": {"name": "app", "annotations": {
+            "eks.amazonaws.com/role-arn": account.role_arn("app")
+        }}
+    }))
+    .unwrap();
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    let classes: Api<SecretProviderClass> = Api::namespaced(w.client.clone(), &w.ns);
+    let spc: SecretProviderClass = serde_json::from_value(json!({
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClass",
+        "metadata": {"name": "aws-db"},
+        "spec": {"provider": "aws", "parameters": {
+            "objects": "- objectName: db-password\n  objectType: secretsmanager\n"
+        }}
+    }))
+    .unwrap();
+    classes.create(&PostParams::default(), &spc).await.unwrap();
+
+    w.create_pod_as("app", "app", json!({"secretProviderClass": "aws-db"}))
+        .await;
+    w.wait_published("app").await;
+    let uid = w.pod_uid("app").await;
+    let target = w.target(&uid);
+    assert_eq!(
+        std::fs::read_to_string(target.join("db-password")).unwrap(),
+        "hunter2-from-moto"
+    );
+    let statuses: Api<SecretProviderClassPodStatus> = Api::namespaced(w.client.clone(), &w.ns);
+    let st = statuses
+        .get(&format!("app-{}-aws-db", w.ns))
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(st.objects.len(), 1);
+    assert_eq!(st.objects[0].id, "db-password");
+    assert!(!st.objects[0].version.is_empty());
+    let log = w.driver.log_text();
+    assert!(!log.contains("hunter2"), "secret in driver log");
+    w.delete_pod("app").await;
+    assert!(!target.exists());
 }
