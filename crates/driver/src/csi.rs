@@ -128,9 +128,12 @@ impl Node for NodeGrpc {
             volume_context: r.volume_context,
             secrets: r.secrets,
         };
-        self.service
-            .publish(req)
+        // Run to completion even if kubelet gives up on the call (its deadline is 2 minutes):
+        // a publish dropped half-way would skip the cleanup of a failed first mount.
+        let service = self.service.clone();
+        tokio::spawn(async move { service.publish(req).await })
             .await
+            .map_err(|e| Status::internal(format!("publish task failed: {e}")))?
             .map(|()| Response::new(csi::NodePublishVolumeResponse {}))
             .map_err(|e| e.to_status())
     }
@@ -140,9 +143,10 @@ impl Node for NodeGrpc {
         request: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         let r = request.into_inner();
-        self.service
-            .unpublish(&r.volume_id, &r.target_path)
+        let service = self.service.clone();
+        tokio::spawn(async move { service.unpublish(&r.volume_id, &r.target_path).await })
             .await
+            .map_err(|e| Status::internal(format!("unpublish task failed: {e}")))?
             .map(|()| Response::new(csi::NodeUnpublishVolumeResponse {}))
             .map_err(|e| e.to_status())
     }

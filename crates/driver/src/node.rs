@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use kube::runtime::events::EventType;
-use secrets_store_api::crd::SecretProviderClass;
+use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
 use secrets_store_provider::{
     DEFAULT_FILE_PERMISSION, MountRequest, ObjectVersion, ProviderError, ProviderErrorKind,
     ProviderFile, SecretBytes,
@@ -215,7 +215,7 @@ impl NodeService {
             self.inner.mounter.mount(&target)?;
         }
         let result = self
-            .fill_volume(req, &ctx, &class, provider.as_ref(), &target)
+            .fill_volume(req, &ctx, &class, provider.as_ref(), &target, was_mounted)
             .await;
         if result.is_err() && !was_mounted {
             // First mount failed: leave nothing behind so kubelet's retry starts clean.
@@ -263,6 +263,7 @@ impl NodeService {
         class: &SecretProviderClass,
         provider: &dyn secrets_store_provider::Provider,
         target: &Path,
+        republish: bool,
     ) -> Result<(), PublishError> {
         let provider_err = |source: ProviderError| PublishError::Provider {
             provider: class.spec.provider.clone(),
@@ -276,12 +277,26 @@ impl NodeService {
             .filter(|(k, _)| k.as_str() != TOKENS_KEY)
             .map(|(k, v)| (k.clone(), SecretBytes::from(v.clone())))
             .collect();
+        // On a republish, tell the provider what is mounted (upstream passes the same).
+        let current_object_versions = if republish {
+            let name = SecretProviderClassPodStatus::object_name(
+                &ctx.pod_name,
+                &ctx.pod_namespace,
+                &ctx.secret_provider_class,
+            );
+            self.inner
+                .effects
+                .current_versions(&ctx.pod_namespace, &name)
+                .await
+        } else {
+            Vec::new()
+        };
         let request = MountRequest {
             attributes: ctx.attributes(&class.spec.parameters),
             secrets,
             target_path: target.to_path_buf(),
             permission: DEFAULT_FILE_PERMISSION,
-            current_object_versions: Vec::new(),
+            current_object_versions,
         };
         let response = provider.mount(request).await.map_err(provider_err)?;
         if response.object_versions.is_empty() {

@@ -587,6 +587,12 @@ async fn failed_republish_keeps_last_good_files() {
         .node_publish_volume(publish_request(&w, "web", &uid, "db"))
         .await
         .expect("republish");
+    // The provider was told what is mounted (from the pod status), as upstream does.
+    let current = w.provider.state.last_current.lock().unwrap().clone();
+    assert!(
+        current.contains(&("username".to_string(), "v0".to_string())),
+        "{current:?}"
+    );
     assert_eq!(
         std::fs::read_to_string(target.join("username")).unwrap(),
         "admin-1"

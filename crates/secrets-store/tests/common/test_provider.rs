@@ -23,6 +23,8 @@ pub struct ProviderState {
     pub mounts: AtomicU64,
     /// The last request's `attributes` JSON, `secrets` JSON and `permission`.
     pub last: Mutex<Option<(String, String, String)>>,
+    /// The last request's `current_object_version` as (id, version).
+    pub last_current: Mutex<Vec<(String, String)>>,
     /// Generation stamped into file contents (`mode=ok`/`toggle`).
     pub generation: AtomicU64,
 }
@@ -68,6 +70,11 @@ impl CsiDriverProvider for Svc {
             r.secrets.clone(),
             r.permission.clone(),
         ));
+        *self.0.last_current.lock().unwrap() = r
+            .current_object_version
+            .iter()
+            .map(|v| (v.id.clone(), v.version.clone()))
+            .collect();
         let attrs: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&r.attributes)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mode = attrs.get("mode").and_then(|v| v.as_str()).unwrap_or("ok");
