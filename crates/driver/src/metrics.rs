@@ -8,6 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::rotation::RotationMetrics;
+
 /// Labels of `node_publish_total` and the duration histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProviderLabels {
@@ -46,6 +48,7 @@ pub struct Metrics {
     unpublish: Counter,
     unpublish_error: Family<UnpublishErrorLabels, Counter>,
     publish_duration: Family<ProviderLabels, Histogram>,
+    rotation: RotationMetrics,
 }
 
 impl Default for Metrics {
@@ -97,7 +100,9 @@ impl Metrics {
             "NodePublishVolume duration, successful or not",
             publish_duration.clone(),
         );
+        let rotation = RotationMetrics::register(&mut registry);
         Self {
+            rotation,
             registry: Arc::new(registry),
             publish,
             publish_error,
@@ -105,6 +110,11 @@ impl Metrics {
             unpublish_error,
             publish_duration,
         }
+    }
+
+    /// The rotation metrics (upstream's `rotation_reconcile_*`).
+    pub fn rotation(&self) -> &RotationMetrics {
+        &self.rotation
     }
 
     /// Counts a successful publish and its duration.

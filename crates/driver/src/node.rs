@@ -19,6 +19,7 @@ use crate::locks::VolumeLocks;
 use crate::metrics::Metrics;
 use crate::mounter::Mounter;
 use crate::providers::ProviderRegistry;
+use crate::rotation::{ROTATION_COMPLETE_REASON, ROTATION_FAILED_REASON, RotationSchedule};
 use crate::status::{PodEffects, pod_reference, pod_status};
 use crate::volume_context::{TOKENS_KEY, VolumeContext};
 use crate::writer::{AtomicWriter, WriteOutcome};
@@ -100,6 +101,7 @@ struct Inner {
     classes: ClassCache,
     effects: PodEffects,
     hooks: Vec<Arc<dyn AfterMount>>,
+    rotation: RotationSchedule,
 }
 
 impl std::fmt::Debug for NodeService {
@@ -131,8 +133,31 @@ impl NodeService {
                 classes: ClassCache::new(client),
                 effects,
                 hooks,
+                rotation: RotationSchedule::new(None),
             }),
         }
+    }
+
+    /// Enables rotation: a republish of a mounted volume re-fetches at most once per
+    /// `poll_interval`. Without it every republish fetches. Call before serving.
+    pub fn with_rotation(mut self, poll_interval: std::time::Duration) -> Self {
+        self.inner_mut().rotation = RotationSchedule::new(Some(poll_interval));
+        self
+    }
+
+    /// Adds a step that runs after files are written (secret sync). Call before serving.
+    pub fn with_hook(mut self, hook: Arc<dyn AfterMount>) -> Self {
+        self.inner_mut().hooks.push(hook);
+        self
+    }
+
+    /// The SecretProviderClass cache, for components that look classes up too (secret sync).
+    pub fn classes(&self) -> ClassCache {
+        self.inner.classes.clone()
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("NodeService is configured before it is shared")
     }
 
     /// The static settings.
@@ -151,7 +176,10 @@ impl NodeService {
         let started = Instant::now();
         let mut provider_name = String::new();
         let mut pod = None;
-        let result = self.publish_inner(&req, &mut provider_name, &mut pod).await;
+        let mut republish = false;
+        let result = self
+            .publish_inner(&req, &mut provider_name, &mut pod, &mut republish)
+            .await;
         let seconds = started.elapsed().as_secs_f64();
         match &result {
             Ok(()) => {
@@ -163,13 +191,25 @@ impl NodeService {
                     .metrics
                     .publish_failed(&provider_name, e.metric_label(), seconds);
                 tracing::warn!(target_path = %req.target_path, provider = %provider_name, reason = e.reason(), error = %e, "publish failed");
+                if republish {
+                    self.inner
+                        .metrics
+                        .rotation()
+                        .failed(&provider_name, e.metric_label(), seconds);
+                }
                 if let Some(ctx) = &pod {
+                    // A failed republish keeps the last good content: say it was the rotation.
+                    let reason = if republish {
+                        ROTATION_FAILED_REASON
+                    } else {
+                        e.reason()
+                    };
                     self.inner
                         .effects
                         .event(
                             &pod_reference(ctx),
                             EventType::Warning,
-                            e.reason(),
+                            reason,
                             "MountSecrets",
                             &e.to_string(),
                         )
@@ -185,6 +225,7 @@ impl NodeService {
         req: &PublishRequest,
         provider_name: &mut String,
         pod: &mut Option<VolumeContext>,
+        republish: &mut bool,
     ) -> Result<(), PublishError> {
         if !req.has_capability {
             return Err(PublishError::MissingCapability);
@@ -207,6 +248,12 @@ impl NodeService {
         let _guard = self.inner.locks.lock(&target).await;
 
         let was_mounted = self.inner.mounter.is_mount_point(&target)?;
+        let started = Instant::now();
+        if was_mounted && !self.inner.rotation.due(&target, started) {
+            tracing::debug!(target_path = %target.display(), "republish within the rotation poll interval; nothing to fetch");
+            return Ok(());
+        }
+        *republish = was_mounted;
         let class = self.class(&ctx).await?;
         *provider_name = class.spec.provider.clone();
         let provider = self.inner.providers.resolve(&class.spec.provider)?;
@@ -217,13 +264,39 @@ impl NodeService {
         let result = self
             .fill_volume(req, &ctx, &class, provider.as_ref(), &target, was_mounted)
             .await;
+        if let Ok(changed) = result {
+            self.inner.rotation.fetched(&target, started);
+            if was_mounted {
+                let seconds = started.elapsed().as_secs_f64();
+                self.inner
+                    .metrics
+                    .rotation()
+                    .succeeded(provider_name, changed, seconds);
+                if changed {
+                    let note = format!(
+                        "successfully rotated mounted contents for SecretProviderClass {}/{}",
+                        ctx.pod_namespace, ctx.secret_provider_class
+                    );
+                    self.inner
+                        .effects
+                        .event(
+                            &pod_reference(&ctx),
+                            EventType::Normal,
+                            ROTATION_COMPLETE_REASON,
+                            "MountSecrets",
+                            &note,
+                        )
+                        .await;
+                }
+            }
+        }
         if result.is_err() && !was_mounted {
             // First mount failed: leave nothing behind so kubelet's retry starts clean.
             if let Err(e) = self.inner.mounter.unmount_and_remove(&target) {
                 tracing::warn!(target_path = %target.display(), error = %e, "cleanup after failed publish");
             }
         }
-        result
+        result.map(|_| ())
     }
 
     async fn class(&self, ctx: &VolumeContext) -> Result<Arc<SecretProviderClass>, PublishError> {
@@ -264,7 +337,7 @@ impl NodeService {
         provider: &dyn secrets_store_provider::Provider,
         target: &Path,
         republish: bool,
-    ) -> Result<(), PublishError> {
+    ) -> Result<bool, PublishError> {
         let provider_err = |source: ProviderError| PublishError::Provider {
             provider: class.spec.provider.clone(),
             namespace: ctx.pod_namespace.clone(),
@@ -296,7 +369,7 @@ impl NodeService {
             secrets,
             target_path: target.to_path_buf(),
             permission: DEFAULT_FILE_PERMISSION,
-            current_object_versions,
+            current_object_versions: current_object_versions.clone(),
         };
         let response = provider.mount(request).await.map_err(provider_err)?;
         if response.object_versions.is_empty() {
@@ -305,6 +378,14 @@ impl NodeService {
                 "provider returned no object versions",
             )));
         }
+        let mut versions = response.object_versions.clone();
+        versions.sort();
+        // Providers that write files themselves report changes only through their versions.
+        let mut changed = {
+            let mut current = current_object_versions;
+            current.sort();
+            current != versions
+        };
         if !response.files.is_empty() {
             let writer = AtomicWriter::new(target);
             let files = response.files.clone();
@@ -320,12 +401,11 @@ impl NodeService {
                     provider: class.spec.provider.clone(),
                     source,
                 })?;
-            if outcome == WriteOutcome::Unchanged {
+            changed = outcome != WriteOutcome::Unchanged;
+            if !changed {
                 tracing::debug!(target_path = %target.display(), "content unchanged; nothing written");
             }
         }
-        let mut versions = response.object_versions.clone();
-        versions.sort();
 
         let status = pod_status(
             ctx,
@@ -358,7 +438,7 @@ impl NodeService {
                     message,
                 })?;
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// Handles `NodeUnpublishVolume`: unmount and remove, idempotent, state from the filesystem.
@@ -394,6 +474,7 @@ impl NodeService {
         }
         let target = PathBuf::from(target_path);
         let _guard = self.inner.locks.lock(&target).await;
+        self.inner.rotation.forget(&target);
         let mounter = self.inner.mounter.clone();
         tokio::task::spawn_blocking(move || mounter.unmount_and_remove(&target))
             .await

@@ -27,17 +27,13 @@ pub struct RotationSchedule {
 }
 
 impl RotationSchedule {
-    /// Rotation every `interval`, or disabled (`None`: a mounted volume is never re-fetched).
+    /// Re-fetch at most every `interval`; `None` re-fetches on every republish (kubelet only
+    /// republishes when the CSIDriver has `requiresRepublish`, i.e. rotation is enabled).
     pub fn new(interval: Option<Duration>) -> Self {
         Self {
             interval,
             last_fetch: Mutex::default(),
         }
-    }
-
-    /// Whether rotation is enabled.
-    pub fn enabled(&self) -> bool {
-        self.interval.is_some()
     }
 
     /// Whether a republish of the mounted volume at `target` should fetch again now. A volume
@@ -162,10 +158,11 @@ mod tests {
     }
 
     #[test]
-    fn disabled_rotation_never_refetches() {
+    fn without_an_interval_every_republish_fetches() {
         let schedule = RotationSchedule::new(None);
-        assert!(!schedule.enabled());
-        assert!(!schedule.due(Path::new("/t"), Instant::now()));
+        let now = Instant::now();
+        schedule.fetched(Path::new("/t"), now);
+        assert!(schedule.due(Path::new("/t"), now));
     }
 
     #[test]
