@@ -90,3 +90,92 @@ fn csi_sanity_node_and_identity() {
     );
     assert!(!driver.socket.exists() && !reg.exists());
 }
+
+/// With the API server unreachable the agent still serves and reports healthy, a publish fails
+/// with a clear `Unavailable` error counted in the metrics, and the logs are JSON lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_unreachable_fails_publishes_not_health() {
+    use secrets_store_api::csi::v1 as csi;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dead_kubeconfig(dir.path());
+    let port = |_: ()| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (metrics, healthz) = (port(()), port(()));
+    let mut driver = Driver::start(
+        dir.path(),
+        &kubeconfig,
+        &[
+            "--log-format-json",
+            "--node-id",
+            "n1",
+            "--no-registration",
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics}"),
+            "--healthz-addr",
+            &format!("127.0.0.1:{healthz}"),
+        ],
+    );
+    let target = dir.path().join("pods/u1/volumes/kubernetes.io~csi/v/mount");
+    let volume_context = [
+        ("secretProviderClass", "spc"),
+        ("csi.storage.k8s.io/pod.name", "p"),
+        ("csi.storage.k8s.io/pod.namespace", "ns"),
+        ("csi.storage.k8s.io/pod.uid", "u1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let err = common::node_client(&driver.socket)
+        .node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_id: "v".into(),
+            target_path: target.to_string_lossy().into_owned(),
+            volume_capability: Some(csi::VolumeCapability {
+                access_mode: Some(csi::volume_capability::AccessMode { mode: 1 }),
+                access_type: Some(csi::volume_capability::AccessType::Mount(Default::default())),
+            }),
+            readonly: true,
+            volume_context,
+            ..Default::default()
+        })
+        .await
+        .expect_err("publish must fail without an API server");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains("failed to get SecretProviderClass ns/spc"),
+        "{err:?}"
+    );
+    assert!(!target.exists(), "nothing mounted or created");
+
+    let get = |port: u16, path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(get(healthz, "/healthz").starts_with("HTTP/1.1 200"));
+    let m = get(metrics, "/metrics");
+    assert!(
+        m.contains("node_publish_error_total{provider=\"\",error_type=\"SecretProviderClassLookupFailed\"} 1"),
+        "{m}"
+    );
+
+    assert!(driver.stop());
+    let log = driver.log_text();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+    }
+    assert!(log.contains("SecretProviderClassLookupFailed"), "{log}");
+}

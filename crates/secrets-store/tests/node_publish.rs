@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::Driver;
 use common::test_provider::TestProvider;
-use hyper_util::rt::TokioIo;
+use common::{Driver, node_client};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -19,8 +18,6 @@ use secrets_store_api::csi::v1 as csi;
 use secrets_store_testenv::Cluster;
 use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
 use serde_json::json;
-use tokio::net::UnixStream;
-use tonic::transport::{Endpoint, Uri};
 
 const DRIVER: &str = "secrets-store.csi.k8s.io";
 const PROVIDER: &str = "testprov";
@@ -283,17 +280,6 @@ fn mount_id(path: &Path) -> Option<String> {
     info.lines()
         .find(|l| l.split(' ').nth(4) == Some(want))
         .map(|l| l.split(' ').next().unwrap().to_string())
-}
-
-fn node_client(socket: &Path) -> csi::node_client::NodeClient<tonic::transport::Channel> {
-    let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://[::]:50051").connect_with_connector_lazy(
-        tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
-        }),
-    );
-    csi::node_client::NodeClient::new(channel)
 }
 
 fn publish_request(w: &World, pod: &str, uid: &str, class: &str) -> csi::NodePublishVolumeRequest {

@@ -121,6 +121,24 @@ impl Drop for Driver {
     }
 }
 
+/// A CSI Node client over the unix socket at `socket` (connects lazily).
+pub fn node_client(
+    socket: &Path,
+) -> secrets_store_api::csi::v1::node_client::NodeClient<tonic::transport::Channel> {
+    use hyper_util::rt::TokioIo;
+    use tonic::transport::{Endpoint, Uri};
+    let path = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://[::]:50051").connect_with_connector_lazy(
+        tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }),
+    );
+    secrets_store_api::csi::v1::node_client::NodeClient::new(channel)
+}
+
 /// A kubeconfig pointing at a closed loopback port: for tests that need no API server.
 pub fn dead_kubeconfig(dir: &Path) -> PathBuf {
     let path = dir.join("dead-kubeconfig");
