@@ -40,7 +40,7 @@ impl RotationSchedule {
     /// this process never fetched (after a restart) is due, so rotation resumes at once.
     pub fn due(&self, target: &Path, now: Instant) -> bool {
         let Some(interval) = self.interval else {
-            return false;
+            return true;
         };
         match self.lock().get(target) {
             Some(last) => now.duration_since(*last) >= interval,
