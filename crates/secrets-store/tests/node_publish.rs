@@ -91,6 +91,9 @@ fn start_driver(
             &format!("127.0.0.1:{healthz}"),
             "--tmpfs-size",
             "8Mi",
+            // Every republish fetches, so tests can republish at once.
+            "--rotation-poll-interval",
+            "0s",
         ],
         &env,
     )
@@ -600,7 +603,13 @@ async fn failed_republish_keeps_last_good_files() {
         "admin-1"
     );
     assert_eq!(mount_id(&target).as_deref(), Some(mount_before.as_str()));
-    w.wait_driver_event("web", "ProviderError").await;
+    // A failed republish is a failed rotation (upstream's reason); the metric keeps the cause.
+    w.wait_driver_event("web", "SecretRotationFailed").await;
+    let (_, metrics) = w.http_get(w.metrics_port, "/metrics").await;
+    assert!(
+        metrics.contains("error_type=\"ProviderError\""),
+        "{metrics}"
+    );
 
     w.provider
         .state
