@@ -23,6 +23,10 @@ enum Command {
     Node(cmd::node::NodeArgs),
     /// Serve only the AWS provider over upstream's v1alpha1 API (for the upstream Go driver).
     ProviderAws(cmd::provider_aws::ProviderAwsArgs),
+    /// Validate a SecretProviderClass offline (and with --dry-run, fetch without writing).
+    Check(cmd::check::CheckArgs),
+    /// Print the CustomResourceDefinitions.
+    Crds(cmd::crds::CrdsArgs),
 }
 
 fn init_logging(json: bool) {
@@ -40,14 +44,17 @@ fn init_logging(json: bool) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let cli = Cli::parse();
     init_logging(cli.log_format_json);
     // One TLS stack process-wide (kube and the AWS SDK both use rustls with aws-lc-rs). An error
     // only means one was installed already.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
-        Command::Node(args) => cmd::node::run(args).await,
-        Command::ProviderAws(args) => cmd::provider_aws::run(args).await,
+        Command::Node(args) => cmd::node::run(args).await.map(|()| ok),
+        Command::ProviderAws(args) => cmd::provider_aws::run(args).await.map(|()| ok),
+        Command::Check(args) => cmd::check::run(args).await,
+        Command::Crds(args) => cmd::crds::run(args).map(|()| ok),
     }
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use kube::runtime::events::Reporter;
+use prometheus_client::registry::Registry;
 use secrets_store_driver::mounter::DEFAULT_TMPFS_SIZE;
 use secrets_store_driver::server::{ServeConfig, parse_endpoint, serve};
 use secrets_store_driver::{
@@ -13,6 +15,8 @@ use secrets_store_driver::{
 };
 use secrets_store_provider::grpc::client::{ClientConfig, ExternalProvider};
 use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig};
+use secrets_store_sync::rollout::Rollout;
+use secrets_store_sync::{SecretSync, SecretSyncHook};
 
 /// Flags of `secrets-store node` (names follow the upstream driver where it has one).
 #[derive(clap::Args, Debug, Clone)]
@@ -47,9 +51,30 @@ pub struct NodeArgs {
     /// Largest gRPC message accepted from kubelet and from providers, bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_call_recv_msg_size: usize,
-    /// How often rotation re-fetches mounted objects (used once rotation is enabled), e.g. `2m`.
+    /// Re-fetch mounted objects on kubelet's republishes (the CSIDriver has `requiresRepublish`).
+    #[arg(long, env = "ENABLE_SECRET_ROTATION")]
+    pub enable_secret_rotation: bool,
+    /// How often rotation re-fetches a mounted volume, from its last successful fetch, e.g. `2m`.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub rotation_poll_interval: Duration,
+    /// Sync `secretObjects` as Kubernetes Secrets (needs the Secret RBAC of `syncSecret.enabled`).
+    #[arg(long, env = "ENABLE_SECRET_SYNC")]
+    pub enable_secret_sync: bool,
+    /// How often synced Secrets are checked for drift besides on every change, e.g. `5m`.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub secret_reconcile_interval: Duration,
+    /// The agent's own namespace (holds the rollout digest key).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub namespace: String,
+    /// Do not serve the built-in AWS provider (use an external `aws.sock` instead).
+    #[arg(long)]
+    pub no_aws_provider: bool,
+    /// Periodically call `Version` on every external provider socket and log unhealthy ones.
+    #[arg(long)]
+    pub provider_health_check: bool,
+    /// Period of the provider health check, e.g. `2m`.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    pub provider_health_check_interval: Duration,
 }
 
 /// A listen address, or none (the flag set to the empty string).
@@ -89,55 +114,69 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .context("building the Kubernetes client (in-cluster config or KUBECONFIG)")?;
 
-    let mut aws_config = AwsProviderConfig::from_env();
-    if aws_config.default_region.is_none() {
-        // Best effort: an unreachable API server must not stop the agent from starting.
-        match secrets_store_provider_aws::node_region(&client, &args.node_id).await {
-            Ok(region) => aws_config.default_region = region,
-            Err(e) => tracing::warn!(error = %e, "could not read the node's region label"),
-        }
-    }
-    let aws = AwsProvider::new(
-        aws_config,
-        client.clone(),
-        secrets_store_provider_aws::Metrics::default(),
-    )
-    .await;
-
-    let max_response = args.max_call_recv_msg_size;
-    let providers = ProviderRegistry::new(
+    let mut registry = Registry::default();
+    let mut providers = ProviderRegistry::new(
         args.provider_volume.clone(),
         args.additional_provider_volume_paths.clone(),
     )
-    .with_builtin(Arc::new(aws))
-    .with_connector(Arc::new(
-        move |name: &str, socket: &std::path::Path| -> Arc<dyn secrets_store_provider::Provider> {
-            Arc::new(ExternalProvider::with_config(
-                name,
-                socket,
-                ClientConfig {
-                    max_response_bytes: max_response,
-                    ..ClientConfig::default()
-                },
-            ))
-        },
-    ));
+    .with_connector(Arc::new(external_connector(args.max_call_recv_msg_size)));
+    if !args.no_aws_provider {
+        providers =
+            providers.with_builtin(Arc::new(aws_provider(&client, &args, &mut registry).await));
+    }
 
     tracing::info!(
         node = %args.node_id,
+        rotation = args.enable_secret_rotation,
         rotation_poll_interval = ?args.rotation_poll_interval,
+        secret_sync = args.enable_secret_sync,
         "starting node agent"
     );
-    let service = NodeService::new(
+    let mut service = NodeService::new(
         NodeConfig {
             node_id: args.node_id.clone(),
         },
-        client,
+        client.clone(),
         Mounter::new(args.tmpfs_size.clone()),
         providers,
-        Metrics::default(),
+        Metrics::new(registry),
         Vec::new(),
     );
+    if args.enable_secret_rotation {
+        service = service.with_rotation(args.rotation_poll_interval);
+    }
+    if args.enable_secret_sync {
+        let (sync, watches) =
+            SecretSync::new(client.clone(), &args.node_id, Arc::new(service.classes()));
+        tokio::spawn(watches);
+        tokio::spawn(
+            sync.clone()
+                .run_reconciler(args.secret_reconcile_interval, reporter(&args.node_id)),
+        );
+        // Rollout is opt-in per workload; without its key Secret, sync still works.
+        let rollout = match Rollout::new(client.clone(), &args.namespace, reporter(&args.node_id))
+            .await
+        {
+            Ok(rollout) => Some(rollout),
+            Err(e) => {
+                tracing::warn!(namespace = %args.namespace, error = %e, "rollout on Secret change disabled: no digest key");
+                None
+            }
+        };
+        service = service.with_hook(Arc::new(SecretSyncHook::new(sync, rollout)));
+    }
+    if args.provider_health_check {
+        let dirs: Vec<PathBuf> = args
+            .additional_provider_volume_paths
+            .iter()
+            .chain(std::iter::once(&args.provider_volume))
+            .cloned()
+            .collect();
+        tokio::spawn(provider_health_check(
+            dirs,
+            args.provider_health_check_interval,
+        ));
+    }
     let config = ServeConfig {
         csi_socket: parse_endpoint(&args.endpoint),
         kubelet_dir: (!args.no_registration).then(|| args.kubelet_dir.clone()),
@@ -148,6 +187,79 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     serve(service, config, super::signal::shutdown())
         .await
         .context("serving the node agent")
+}
+
+/// Builds the in-process AWS provider; its metrics go into `registry`.
+async fn aws_provider(
+    client: &kube::Client,
+    args: &NodeArgs,
+    registry: &mut Registry,
+) -> AwsProvider {
+    let mut aws_config = AwsProviderConfig::from_env();
+    if aws_config.default_region.is_none() {
+        // Best effort: an unreachable API server must not stop the agent from starting.
+        match secrets_store_provider_aws::node_region(client, &args.node_id).await {
+            Ok(region) => aws_config.default_region = region,
+            Err(e) => tracing::warn!(error = %e, "could not read the node's region label"),
+        }
+    }
+    let metrics = secrets_store_provider_aws::Metrics::default();
+    metrics.register(registry);
+    AwsProvider::new(aws_config, client.clone(), metrics).await
+}
+
+/// Connects provider names without a built-in implementation to `<dir>/<name>.sock`.
+fn external_connector(
+    max_response_bytes: usize,
+) -> impl Fn(&str, &std::path::Path) -> Arc<dyn secrets_store_provider::Provider> + Send + Sync + 'static
+{
+    move |name, socket| {
+        Arc::new(ExternalProvider::with_config(
+            name,
+            socket,
+            ClientConfig {
+                max_response_bytes,
+                ..ClientConfig::default()
+            },
+        ))
+    }
+}
+
+fn reporter(node: &str) -> Reporter {
+    Reporter {
+        controller: "secrets-store-rs".into(),
+        instance: Some(node.to_string()),
+    }
+}
+
+/// Calls `Version` on every provider socket each `period` and logs the ones that do not answer
+/// (upstream's `--provider-health-check`; our own providers are in process).
+async fn provider_health_check(dirs: Vec<PathBuf>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        for dir in &dirs {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(name) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".sock"))
+                else {
+                    continue;
+                };
+                let provider = ExternalProvider::new(name, &path);
+                match provider.probe_version().await {
+                    Ok(_) => tracing::debug!(provider = name, "provider healthy"),
+                    Err(e) => {
+                        tracing::warn!(provider = name, socket = %path.display(), error = %e, "provider health check failed")
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -40,9 +40,9 @@ pub struct ProviderAwsArgs {
 
 /// Runs the provider server until SIGINT/SIGTERM.
 pub async fn run(args: ProviderAwsArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (ServiceAccount role annotations are read there)")?;
+    let client = kube::Client::try_default().await.context(
+        "connecting to the Kubernetes API (ServiceAccount role annotations are read there)",
+    )?;
     let mut config = AwsProviderConfig::from_env();
     config.endpoint_url = args.endpoint_url.clone();
     config.cache_ttl = Duration::from_secs(args.cache_ttl_seconds);

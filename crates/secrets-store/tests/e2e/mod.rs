@@ -1,0 +1,303 @@
+//! The seed walk-through's world for end-to-end tests: moto data, the CSIDriver object, the
+//! node agent binary and a kubelet simulator, all against testenv's real cluster.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::storage::v1::CSIDriver;
+use kube::api::{Api, ListParams, PostParams};
+use secrets_store_api::crd::SecretProviderClass;
+use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
+use secrets_store_testenv::{AccountId, Cluster};
+
+use crate::common::Driver;
+
+/// The driver name kubelet uses.
+pub const DRIVER: &str = "secrets-store.csi.k8s.io";
+/// The seed's volume name.
+pub const VOLUME: &str = "secrets-store-inline";
+
+/// The seed's manifests, shipped under `examples/seed/`.
+pub fn seed_file(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/seed")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Creates the cluster-wide CSIDriver object as the chart does (rotation on), once per cluster.
+pub async fn ensure_csi_driver(cluster: &Cluster) {
+    let api: Api<CSIDriver> = Api::all(cluster.client());
+    let driver: CSIDriver = serde_json::from_value(serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "CSIDriver",
+        "metadata": {"name": DRIVER},
+        "spec": {
+            "attachRequired": false,
+            "podInfoOnMount": true,
+            "requiresRepublish": true,
+            "volumeLifecycleModes": ["Ephemeral"],
+            "tokenRequests": [{"audience": "sts.amazonaws.com"}, {"audience": "pods.eks.amazonaws.com"}],
+        }
+    }))
+    .unwrap();
+    match api.create(&PostParams::default(), &driver).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => panic!("creating CSIDriver: {e}"),
+    }
+}
+
+/// One test's world: a namespace, an AWS account, the node agent and a kubelet simulator.
+pub struct World {
+    pub cluster: &'static Cluster,
+    pub namespace: String,
+    pub account: AccountId,
+    pub dir: tempfile::TempDir,
+    pub agent: Driver,
+    pub kubelet: KubeletSim,
+}
+
+impl World {
+    /// Starts the agent (secret sync and rotation on, polling every `poll`) and a kubelet that
+    /// republishes every `republish`.
+    pub async fn start(prefix: &str, poll: &str, republish: Duration) -> Self {
+        let cluster = Cluster::shared();
+        ensure_csi_driver(cluster).await;
+        let namespace = cluster.new_namespace(prefix).await;
+        let account = cluster.moto().new_account();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("kubelet");
+        std::fs::create_dir_all(&root).unwrap();
+        let endpoint = cluster.moto().endpoint();
+        let agent = Driver::start_with_env(
+            dir.path(),
+            cluster.kubeconfig_path(),
+            &[
+                "--node-id",
+                cluster.node_name(),
+                "--kubelet-dir",
+                root.to_str().unwrap(),
+                "--metrics-addr",
+                "",
+                "--healthz-addr",
+                "",
+                "--enable-secret-sync",
+                "--enable-secret-rotation",
+                "--rotation-poll-interval",
+                poll,
+                "--namespace",
+                &namespace,
+            ],
+            &[("AWS_ENDPOINT_URL", endpoint.as_str())],
+        );
+        let mut config = KubeletConfig::new(cluster.node_name(), &root, &namespace);
+        config.republish_period = republish;
+        let kubelet = KubeletSim::start(cluster.client(), config);
+        Self {
+            cluster,
+            namespace,
+            account,
+            dir,
+            agent,
+            kubelet,
+        }
+    }
+
+    /// Creates the seed's AWS side in this world's account: the secret, the policy and a role
+    /// for the ServiceAccount. Returns the role ARN.
+    pub async fn seed_aws(&self, value: &str) -> String {
+        let moto = self.cluster.moto();
+        let created = moto
+            .sm_client(&self.account)
+            .create_secret()
+            .name("CSI-driver-test-secret")
+            .secret_string(value)
+            .send()
+            .await
+            .expect("CreateSecret");
+        let iam = moto.iam_client(&self.account);
+        let policy = seed_file("policy.json").replace("SECRET_ARN", created.arn().unwrap());
+        let policy = iam
+            .create_policy()
+            .policy_name("deployment-policy")
+            .policy_document(policy)
+            .send()
+            .await
+            .expect("CreatePolicy");
+        let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Federated":"oidc"},"Action":"sts:AssumeRoleWithWebIdentity"}]}"#;
+        let role = iam
+            .create_role()
+            .role_name("nginx-deployment-role")
+            .assume_role_policy_document(trust)
+            .send()
+            .await
+            .expect("CreateRole");
+        iam.attach_role_policy()
+            .role_name("nginx-deployment-role")
+            .policy_arn(policy.policy().unwrap().arn().unwrap())
+            .send()
+            .await
+            .expect("AttachRolePolicy");
+        role.role().unwrap().arn().to_string()
+    }
+
+    /// Applies the seed's ServiceAccount (with `role_arn`), SecretProviderClass and Deployment.
+    pub async fn apply_seed(&self, role_arn: &str) {
+        self.apply_seed_with_lifetime(role_arn, None).await;
+    }
+
+    /// Like [`World::apply_seed`], with the class annotated with a synced Secret lifetime.
+    pub async fn apply_seed_with_lifetime(&self, role_arn: &str, lifetime: Option<&str>) {
+        let client = self.cluster.client();
+        let pp = PostParams::default();
+        let sa: ServiceAccount =
+            serde_yaml::from_str(&seed_file("serviceaccount.yaml").replace("ROLE_ARN", role_arn))
+                .unwrap();
+        Api::<ServiceAccount>::namespaced(client.clone(), &self.namespace)
+            .create(&pp, &sa)
+            .await
+            .unwrap();
+        let mut spc: SecretProviderClass =
+            serde_yaml::from_str(&seed_file("secretproviderclass.yaml")).unwrap();
+        if let Some(lifetime) = lifetime {
+            spc.metadata.annotations = Some(BTreeMap::from([(
+                "secrets-store.csi.x-k8s.io/secret-lifetime".to_string(),
+                lifetime.to_string(),
+            )]));
+        }
+        Api::<SecretProviderClass>::namespaced(client.clone(), &self.namespace)
+            .create(&pp, &spc)
+            .await
+            .unwrap();
+        let deploy: Deployment = serde_yaml::from_str(&seed_file("test-nginx.yaml")).unwrap();
+        Api::<Deployment>::namespaced(client, &self.namespace)
+            .create(&pp, &deploy)
+            .await
+            .unwrap();
+    }
+
+    /// Creates a bare pod (no controller) from the seed Deployment's pod template.
+    pub async fn bare_pod(&self, name: &str) {
+        let deploy: Deployment = serde_yaml::from_str(&seed_file("test-nginx.yaml")).unwrap();
+        let template = deploy.spec.unwrap().template;
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..template.metadata.unwrap_or_default()
+            },
+            spec: template.spec,
+            ..Pod::default()
+        };
+        Api::<Pod>::namespaced(self.cluster.client(), &self.namespace)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+    }
+
+    /// The namespace's pods.
+    pub async fn pods(&self) -> Vec<Pod> {
+        Api::<Pod>::namespaced(self.cluster.client(), &self.namespace)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Waits until exactly `n` pods are Running (their volumes published), and returns them.
+    pub async fn running_pods(&self, n: usize) -> Vec<Pod> {
+        eventually(
+            Duration::from_secs(90),
+            &format!("{n} running pods"),
+            || async {
+                let pods = self.pods().await;
+                let running: Vec<Pod> = pods
+                    .iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    })
+                    .cloned()
+                    .collect();
+                (running.len() == n && pods.len() == n).then_some(running)
+            },
+        )
+        .await
+    }
+
+    /// The Secret `name`, if it exists.
+    pub async fn secret(&self, name: &str) -> Option<Secret> {
+        Api::<Secret>::namespaced(self.cluster.client(), &self.namespace)
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    /// One data value of Secret `name` as text.
+    pub async fn secret_value(&self, name: &str, key: &str) -> Option<String> {
+        let secret = self.secret(name).await?;
+        let bytes = secret.data?.get(key)?.0.clone();
+        Some(String::from_utf8(bytes).unwrap())
+    }
+
+    /// The target path of `pod`'s seed volume.
+    pub fn target(&self, pod: &Pod) -> PathBuf {
+        self.kubelet
+            .target_path(pod.metadata.uid.as_deref().unwrap(), VOLUME)
+    }
+
+    /// A file of `pod`'s seed volume, as a container would read it.
+    pub fn file(&self, pod: &Pod, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.target(pod).join(name)).ok()
+    }
+
+    /// What `kubectl exec <pod> -- env` would show for the seed's container.
+    pub async fn env(&self, pod: &Pod) -> BTreeMap<String, String> {
+        self.kubelet
+            .resolved_env(pod, "nginx")
+            .await
+            .expect("resolving the container's env")
+    }
+
+    /// Warning Events about `pod` with `reason`, from the API (events.k8s.io and core share storage).
+    pub async fn pod_events(&self, pod: &str, reason: &str) -> Vec<String> {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.cluster.client(), &self.namespace);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some(pod)
+                    && e.reason.as_deref() == Some(reason)
+            })
+            .filter_map(|e| e.message)
+            .collect()
+    }
+}

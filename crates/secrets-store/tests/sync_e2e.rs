@@ -1,0 +1,389 @@
+//! The seed walk-through end to end (issue 5): AWS Secrets Manager (moto) → the node agent's
+//! built-in AWS provider → files on tmpfs → the synced Kubernetes Secret `foosecret` → the
+//! container's `SECRET_API_KEY`, against a real apiserver, controller manager and kubelet simulator.
+
+mod common;
+mod e2e;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+
+use e2e::{World, eventually};
+
+const WAIT: Duration = Duration::from_secs(90);
+const DEPLOYMENT: &str = "csi-secret-driver-test-nginx-deployment";
+
+async fn scale(world: &World, replicas: i32) {
+    Api::<Deployment>::namespaced(world.cluster.client(), &world.namespace)
+        .patch(
+            DEPLOYMENT,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn put_secret(world: &World, value: &str) {
+    world
+        .cluster
+        .moto()
+        .sm_client(&world.account)
+        .put_secret_value()
+        .secret_id("CSI-driver-test-secret")
+        .secret_string(value)
+        .send()
+        .await
+        .expect("PutSecretValue");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_walkthrough_sync_rotation_and_garbage_collection() {
+    let world = World::start("seed", "1s", Duration::from_millis(500)).await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let role = world.seed_aws("secretkey").await;
+    world.apply_seed(&role).await;
+
+    // 3 pods, each with the file, the synced Secret, and the env var on the first try.
+    let pods = world.running_pods(3).await;
+    for pod in &pods {
+        assert_eq!(
+            world.file(pod, "CSI-driver-test-secret").as_deref(),
+            Some("secretkey")
+        );
+        let env = world.env(pod).await;
+        assert_eq!(
+            env.get("SECRET_API_KEY").map(String::as_str),
+            Some("secretkey")
+        );
+    }
+    let secret = world.secret("foosecret").await.expect("Secret foosecret");
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    assert_eq!(
+        secret
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("secrets-store.csi.k8s.io/managed")
+            .map(String::as_str),
+        Some("true")
+    );
+    let owners = secret.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(owners[0].kind, "ReplicaSet");
+    assert_eq!(
+        world
+            .secret_value("foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref(),
+        Some("secretkey")
+    );
+
+    // Scaling down keeps the Secret (its owner, the ReplicaSet, still exists).
+    scale(&world, 1).await;
+    let pods = world.running_pods(1).await;
+    assert!(world.secret("foosecret").await.is_some());
+
+    // Rotation: the new value reaches the file and the Secret within interval + republish.
+    put_secret(&world, "rotated").await;
+    let pod = &pods[0];
+    eventually(WAIT, "rotated file", || async {
+        (world.file(pod, "CSI-driver-test-secret").as_deref() == Some("rotated")).then_some(())
+    })
+    .await;
+    eventually(WAIT, "rotated Secret", || async {
+        (world
+            .secret_value("foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref()
+            == Some("rotated"))
+        .then_some(())
+    })
+    .await;
+
+    // Someone deletes the synced Secret: it is restored from the mounted files.
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(world.cluster.client(), &world.namespace)
+        .delete("foosecret", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "restored Secret", || async {
+        (world
+            .secret_value("foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref()
+            == Some("rotated"))
+        .then_some(())
+    })
+    .await;
+
+    // Deleting the Deployment lets the garbage collector delete the Secret.
+    delete_deployment(&world).await;
+    eventually(WAIT, "Secret garbage-collected", || async {
+        world.secret("foosecret").await.is_none().then_some(())
+    })
+    .await;
+    eventually(WAIT, "volumes unpublished", || async {
+        world.pods().await.is_empty().then_some(())
+    })
+    .await;
+    for p in pods {
+        assert!(
+            !world.target(&p).exists(),
+            "target path of {} left behind",
+            p.metadata.name.unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotation_rolls_out_opted_in_deployment_once() {
+    let world = World::start("rollout", "1s", Duration::from_millis(500)).await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let role = world.seed_aws("secretkey").await;
+    world.apply_seed(&role).await;
+    let first = world.running_pods(3).await;
+    let deployments: Api<Deployment> = Api::namespaced(world.cluster.client(), &world.namespace);
+    deployments
+        .patch(
+            DEPLOYMENT,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                "secrets-store.csi.x-k8s.io/rollout-on-secret-change": "true"
+            }}})),
+        )
+        .await
+        .unwrap();
+
+    put_secret(&world, "rotated").await;
+
+    // New pods (a second ReplicaSet) see the new value in their environment.
+    let old_uids: Vec<_> = first.iter().map(|p| p.metadata.uid.clone()).collect();
+    let fresh: Vec<Pod> = eventually(WAIT, "rolled pods", || async {
+        let pods = world.running_pods(3).await;
+        pods.iter()
+            .all(|p| !old_uids.contains(&p.metadata.uid))
+            .then_some(pods)
+    })
+    .await;
+    for pod in &fresh {
+        let env = world.env(pod).await;
+        assert_eq!(
+            env.get("SECRET_API_KEY").map(String::as_str),
+            Some("rotated")
+        );
+    }
+    let sets = Api::<ReplicaSet>::namespaced(world.cluster.client(), &world.namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(
+        sets.len(),
+        2,
+        "exactly one rollout: {:?}",
+        sets.iter()
+            .map(|s| s.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let template = deployments
+        .get(DEPLOYMENT)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template;
+    let digest = template.metadata.unwrap().annotations.unwrap()["secrets-store.csi.x-k8s.io/secret-digest-foosecret"].clone();
+    assert_eq!(digest.len(), 64);
+    assert!(!digest.contains("rotated"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_rotation_keeps_last_good_content_and_recovers() {
+    let world = World::start("failure", "1s", Duration::from_millis(500)).await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let role = world.seed_aws("secretkey").await;
+    world.apply_seed(&role).await;
+    scale(&world, 1).await;
+    let pods = world.running_pods(1).await;
+    let pod = &pods[0];
+    let sm = world.cluster.moto().sm_client(&world.account);
+    sm.delete_secret()
+        .secret_id("CSI-driver-test-secret")
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+
+    let pod_name = pod.metadata.name.clone().unwrap();
+    let messages = eventually(
+        WAIT,
+        "a Warning Event about the failed rotation",
+        || async {
+            let m = world.pod_events(&pod_name, "SecretRotationFailed").await;
+            (!m.is_empty()).then_some(m)
+        },
+    )
+    .await;
+    assert!(
+        messages[0].contains("CSI-driver-test-secret"),
+        "{messages:?}"
+    );
+    assert_eq!(
+        world.file(pod, "CSI-driver-test-secret").as_deref(),
+        Some("secretkey")
+    );
+    assert_eq!(
+        world
+            .secret_value("foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref(),
+        Some("secretkey")
+    );
+
+    sm.create_secret()
+        .name("CSI-driver-test-secret")
+        .secret_string("back")
+        .send()
+        .await
+        .unwrap();
+    eventually(WAIT, "recovered file", || async {
+        (world.file(pod, "CSI-driver-test-secret").as_deref() == Some("back")).then_some(())
+    })
+    .await;
+    eventually(WAIT, "recovered Secret", || async {
+        (world
+            .secret_value("foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref()
+            == Some("back"))
+        .then_some(())
+    })
+    .await;
+}
+
+/// Deletes the seed Deployment (background propagation, as kubectl does).
+async fn delete_deployment(world: &World) {
+    Api::<Deployment>::namespaced(world.cluster.client(), &world.namespace)
+        .delete(
+            DEPLOYMENT,
+            &DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pods_lifetime_deletes_the_secret_when_scaled_to_zero() {
+    let world = World::start("life-pods", "1m", Duration::from_secs(5)).await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let role = world.seed_aws("secretkey").await;
+    world.apply_seed_with_lifetime(&role, Some("pods")).await;
+    world.running_pods(3).await;
+    // One SecretProviderClassPodStatus per pod (concurrent publishes converge through the
+    // reconciler, which recomputes the owners from the node's watched state).
+    eventually(WAIT, "three pod-status owners", || async {
+        let secret = world.secret("foosecret").await?;
+        let owners = secret.metadata.owner_references.unwrap_or_default();
+        (owners.len() == 3
+            && owners
+                .iter()
+                .all(|o| o.kind == "SecretProviderClassPodStatus"))
+        .then_some(())
+    })
+    .await;
+
+    scale(&world, 0).await;
+    eventually(WAIT, "Secret deleted with its last pod", || async {
+        world.secret("foosecret").await.is_none().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retain_lifetime_keeps_the_secret_after_the_workload() {
+    let world = World::start("life-retain", "1m", Duration::from_secs(5)).await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let role = world.seed_aws("secretkey").await;
+    world.apply_seed_with_lifetime(&role, Some("retain")).await;
+    world.running_pods(3).await;
+    delete_deployment(&world).await;
+    eventually(WAIT, "pods gone", || async {
+        world.pods().await.is_empty().then_some(())
+    })
+    .await;
+    // Give the garbage collector time to act if it (wrongly) could.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let secret = world.secret("foosecret").await.expect("retained Secret");
+    assert!(
+        secret
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+    assert_eq!(
+        world
+            .secret_value("foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref(),
+        Some("secretkey")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bare_pods_secret_goes_with_the_pod() {
+    let world = World::start("life-bare", "1m", Duration::from_secs(5)).await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let role = world.seed_aws("secretkey").await;
+    let client = world.cluster.client();
+    // The ServiceAccount and class of the seed, but a bare pod instead of the Deployment.
+    let pp = kube::api::PostParams::default();
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_yaml::from_str(&e2e::seed_file("serviceaccount.yaml").replace("ROLE_ARN", &role))
+            .unwrap();
+    Api::namespaced(client.clone(), &world.namespace)
+        .create(&pp, &sa)
+        .await
+        .unwrap();
+    let spc: secrets_store_api::crd::SecretProviderClass =
+        serde_yaml::from_str(&e2e::seed_file("secretproviderclass.yaml")).unwrap();
+    Api::namespaced(client.clone(), &world.namespace)
+        .create(&pp, &spc)
+        .await
+        .unwrap();
+    world.bare_pod("lonely").await;
+    let pods = world.running_pods(1).await;
+    assert_eq!(
+        world
+            .env(&pods[0])
+            .await
+            .get("SECRET_API_KEY")
+            .map(String::as_str),
+        Some("secretkey")
+    );
+    let owners = world
+        .secret("foosecret")
+        .await
+        .unwrap()
+        .metadata
+        .owner_references
+        .unwrap_or_default();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].kind, "SecretProviderClassPodStatus");
+
+    Api::<Pod>::namespaced(client, &world.namespace)
+        .delete("lonely", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "Secret deleted with the bare pod", || async {
+        world.secret("foosecret").await.is_none().then_some(())
+    })
+    .await;
+}
