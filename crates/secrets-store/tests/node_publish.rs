@@ -92,6 +92,7 @@ fn start_driver(
             "--tmpfs-size",
             "8Mi",
             // Every republish fetches, so tests can republish at once.
+            "--enable-secret-rotation",
             "--rotation-poll-interval",
             "0s",
         ],
