@@ -24,6 +24,9 @@ pub enum PublishError {
     /// The request has no `volume_capability`.
     #[error("volume capability missing in request")]
     MissingCapability,
+    /// The target path is relative or has a `..` element.
+    #[error("target path {0:?} must be absolute without '..' elements")]
+    InvalidTargetPath(String),
     /// A block volume was requested; this driver only provides filesystems.
     #[error("block volumes are not supported; use a filesystem (mount) volume")]
     BlockUnsupported,
@@ -122,6 +125,7 @@ impl PublishError {
             Self::MissingVolumeId
             | Self::MissingTargetPath
             | Self::MissingCapability
+            | Self::InvalidTargetPath(_)
             | Self::BlockUnsupported
             | Self::NotReadOnly
             | Self::VolumeContext(_) => Code::InvalidArgument,
@@ -134,6 +138,7 @@ impl PublishError {
                 WriteError::InvalidPath(_) | WriteError::InvalidMode { .. } => Code::Internal,
                 WriteError::Io { .. } => Code::Internal,
             },
+            Self::Mount(MountError::ForeignMount { .. }) => Code::FailedPrecondition,
             Self::Mount(_) => Code::Internal,
             Self::PodStatus { .. } => Code::Unavailable,
             Self::AfterMount { .. } => Code::Internal,
@@ -147,6 +152,7 @@ impl PublishError {
             Self::MissingVolumeId
             | Self::MissingTargetPath
             | Self::MissingCapability
+            | Self::InvalidTargetPath(_)
             | Self::BlockUnsupported
             | Self::NotReadOnly
             | Self::VolumeContext(_) => "InvalidVolumeRequest",
@@ -204,6 +210,9 @@ pub enum UnpublishError {
     /// The request has no `target_path`.
     #[error("target path missing in request")]
     MissingTargetPath,
+    /// The target path is relative or has a `..` element.
+    #[error("target path {0:?} must be absolute without '..' elements")]
+    InvalidTargetPath(String),
     /// Unmounting or removing the directory failed.
     #[error("failed to unmount and remove target path: {0}")]
     Unmount(#[from] MountError),
@@ -213,7 +222,10 @@ impl UnpublishError {
     /// The gRPC code kubelet receives.
     pub fn code(&self) -> Code {
         match self {
-            Self::MissingVolumeId | Self::MissingTargetPath => Code::InvalidArgument,
+            Self::MissingVolumeId | Self::MissingTargetPath | Self::InvalidTargetPath(_) => {
+                Code::InvalidArgument
+            }
+            Self::Unmount(MountError::ForeignMount { .. }) => Code::FailedPrecondition,
             Self::Unmount(_) => Code::Internal,
         }
     }
@@ -221,7 +233,9 @@ impl UnpublishError {
     /// The metric `error_type` label.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::MissingVolumeId | Self::MissingTargetPath => "InvalidVolumeRequest",
+            Self::MissingVolumeId | Self::MissingTargetPath | Self::InvalidTargetPath(_) => {
+                "InvalidVolumeRequest"
+            }
             Self::Unmount(_) => "FailedToUnmount",
         }
     }

@@ -23,6 +23,16 @@ pub enum MountError {
         /// The OS error.
         source: io::Error,
     },
+    /// Something other than our tmpfs is mounted at the target.
+    #[error(
+        "target path {path:?} is a {fs_type} mount, not a secrets-store tmpfs; refusing to touch it"
+    )]
+    ForeignMount {
+        /// The target.
+        path: PathBuf,
+        /// Its filesystem type.
+        fs_type: String,
+    },
     /// The target exists but is not a directory.
     #[error("target path {0:?} exists and is not a directory")]
     NotADirectory(PathBuf),
@@ -67,11 +77,27 @@ impl Mounter {
 
     /// Whether `path` is a mount point, from `/proc/self/mountinfo` (exact match of the mount
     /// point field, so a mount below or above the path does not count).
+    ///
+    /// A mount point that is not a tmpfs is an error: this driver only ever mounts tmpfs, so
+    /// anything else at a target path was not made by us and must be neither written into nor
+    /// unmounted (a misdirected call must not detach a host filesystem).
     pub fn is_mount_point(&self, path: &Path) -> Result<bool, MountError> {
         let info = fs::read_to_string("/proc/self/mountinfo")
             .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
         let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        Ok(mount_points(&info).any(|mp| Path::new(&mp) == canonical || Path::new(&mp) == path))
+        // The last matching line is the top of a stack of mounts on the same point.
+        let fs_type = mount_points(&info)
+            .filter(|(mp, _)| Path::new(mp) == canonical || Path::new(mp) == path)
+            .map(|(_, fs)| fs)
+            .last();
+        match fs_type {
+            None => Ok(false),
+            Some(fs) if fs == "tmpfs" => Ok(true),
+            Some(fs) => Err(MountError::ForeignMount {
+                path: path.to_path_buf(),
+                fs_type: fs,
+            }),
+        }
     }
 
     /// Creates `target` (mode 0750 for parents kubelet did not create) and mounts a tmpfs on it
@@ -137,11 +163,15 @@ fn tmpfs_size(size: &str) -> String {
     size.to_string()
 }
 
-/// The mount point field (5th) of each mountinfo line, with octal escapes decoded.
-fn mount_points(info: &str) -> impl Iterator<Item = String> + '_ {
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_octal)
+/// (mount point, filesystem type) of each mountinfo line, with octal escapes decoded. The mount
+/// point is the 5th field; the type is the first field after the ` - ` separator.
+fn mount_points(info: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    info.lines().filter_map(|line| {
+        let mount_point = line.split(' ').nth(4)?;
+        let (_, after) = line.split_once(" - ")?;
+        let fs_type = after.split(' ').next()?;
+        Some((unescape_octal(mount_point), fs_type.to_string()))
+    })
 }
 
 fn unescape_octal(s: &str) -> String {
@@ -183,7 +213,16 @@ mod tests {
         let info = "36 35 98:0 /mnt1 /mnt\\040with\\040space rw,noatime master:1 - ext3 /dev/root rw\n\
                     37 35 0:5 / /var/lib/kubelet/pods/x/mount rw - tmpfs tmpfs rw\n";
         let mps: Vec<_> = mount_points(info).collect();
-        assert_eq!(mps, ["/mnt with space", "/var/lib/kubelet/pods/x/mount"]);
+        assert_eq!(
+            mps,
+            [
+                ("/mnt with space".to_string(), "ext3".to_string()),
+                (
+                    "/var/lib/kubelet/pods/x/mount".to_string(),
+                    "tmpfs".to_string()
+                )
+            ]
+        );
     }
 
     #[test]
@@ -203,5 +242,14 @@ mod tests {
         // Idempotent.
         m.unmount_and_remove(&target).unwrap();
         assert!(!m.is_mount_point(&target).unwrap());
+    }
+
+    #[test]
+    fn foreign_mounts_are_refused() {
+        // `/proc` is always mounted and never a tmpfs.
+        let m = Mounter::default();
+        let err = m.unmount_and_remove(Path::new("/proc")).unwrap_err();
+        assert!(matches!(err, MountError::ForeignMount { .. }), "{err}");
+        assert!(Path::new("/proc/self").exists());
     }
 }

@@ -236,6 +236,9 @@ impl NodeService {
         if req.target_path.is_empty() {
             return Err(PublishError::MissingTargetPath);
         }
+        if !is_clean_absolute(&req.target_path) {
+            return Err(PublishError::InvalidTargetPath(req.target_path.clone()));
+        }
         if req.block {
             return Err(PublishError::BlockUnsupported);
         }
@@ -472,6 +475,9 @@ impl NodeService {
         if target_path.is_empty() {
             return Err(UnpublishError::MissingTargetPath);
         }
+        if !is_clean_absolute(target_path) {
+            return Err(UnpublishError::InvalidTargetPath(target_path.to_string()));
+        }
         let target = PathBuf::from(target_path);
         let _guard = self.inner.locks.lock(&target).await;
         self.inner.rotation.forget(&target);
@@ -486,5 +492,26 @@ impl NodeService {
                 })
             })??;
         Ok(())
+    }
+}
+
+/// Whether `path` is absolute and has no `..` element (kubelet never sends either; a request
+/// that does is refused rather than resolved somewhere unexpected).
+fn is_clean_absolute(path: &str) -> bool {
+    let p = Path::new(path);
+    p.is_absolute() && !p.components().any(|c| c == std::path::Component::ParentDir)
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::is_clean_absolute;
+
+    #[test]
+    fn target_paths_must_be_clean_and_absolute() {
+        assert!(is_clean_absolute(
+            "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount"
+        ));
+        assert!(!is_clean_absolute("relative/mount"));
+        assert!(!is_clean_absolute("/var/lib/kubelet/pods/../../../etc"));
     }
 }
