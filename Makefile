@@ -30,10 +30,11 @@ build:
 crds:
 	$(CARGO) run -q -p secrets-store -- crds --out-dir deploy/crds
 
-## demo: the seed walk-through on a local cluster (filled in by the shipping issue)
+## demo: the seed walk-through end to end on a local cluster, then tear it down
 demo: tools
+	bash hack/tools.sh helm
 	$(CARGO) build -q -p secrets-store --locked
-	$(CARGO) run -q -p secrets-store-testenv --example demo --locked
+	$(CARGO) run -q -p secrets-store --example demo --locked
 
 clean-cache:
 	rm -rf $(SECRETS_STORE_CACHE)

@@ -10,6 +10,7 @@ mod certs;
 mod cluster;
 pub mod kubelet;
 mod moto;
+pub mod node_agent;
 mod process;
 mod proxy;
 mod tools;
