@@ -387,3 +387,148 @@ async fn a_bare_pods_secret_goes_with_the_pod() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_classes_many_secret_objects_tls_and_jmespath() {
+    let world = World::start("multi", "1m", Duration::from_secs(5)).await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let role = world.seed_aws("unused").await;
+    let sm = world.cluster.moto().sm_client(&world.account);
+    let creds = r#"{"username":"admin","password-value":"s3cret","port":5432}"#;
+    sm.create_secret()
+        .name("db-creds")
+        .secret_string(creds)
+        .send()
+        .await
+        .unwrap();
+    let tls = rcgen::generate_simple_self_signed(vec!["app.example".into()]).unwrap();
+    let bundle = format!("{}{}", tls.cert.pem(), tls.signing_key.serialize_pem());
+    sm.create_secret()
+        .name("tls-bundle")
+        .secret_string(&bundle)
+        .send()
+        .await
+        .unwrap();
+
+    let client = world.cluster.client();
+    let pp = kube::api::PostParams::default();
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_yaml::from_str(&e2e::seed_file("serviceaccount.yaml").replace("ROLE_ARN", &role))
+            .unwrap();
+    Api::namespaced(client.clone(), &world.namespace)
+        .create(&pp, &sa)
+        .await
+        .unwrap();
+    let classes: Api<secrets_store_api::crd::SecretProviderClass> =
+        Api::namespaced(client.clone(), &world.namespace);
+    let db_class = serde_yaml::from_str(
+        r#"
+metadata: {name: app-db}
+spec:
+  provider: aws
+  parameters:
+    objects: |
+      - objectName: db-creds
+        objectType: secretsmanager
+        jmesPath:
+          - {path: username, objectAlias: db-user}
+          - {path: '"password-value"', objectAlias: db-pass}
+          - {path: port, objectAlias: db-port}
+  secretObjects:
+  - secretName: db
+    type: kubernetes.io/basic-auth
+    data:
+    - {objectName: db-user, key: username}
+    - {objectName: db-pass, key: password}
+  - secretName: db-extra
+    type: Opaque
+    labels: {team: payments}
+    annotations: {owner: dba}
+    data:
+    - {objectName: db-creds, key: raw.json}
+    - {objectName: db-port, key: port}
+"#,
+    )
+    .unwrap();
+    classes.create(&pp, &db_class).await.unwrap();
+    let tls_class = serde_yaml::from_str(
+        r#"
+metadata: {name: app-tls}
+spec:
+  provider: aws
+  parameters:
+    objects: |
+      - {objectName: tls-bundle, objectType: secretsmanager}
+  secretObjects:
+  - secretName: app-tls
+    type: kubernetes.io/tls
+    data:
+    - {objectName: tls-bundle, key: tls.crt}
+    - {objectName: tls-bundle, key: tls.key}
+"#,
+    )
+    .unwrap();
+    classes.create(&pp, &tls_class).await.unwrap();
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app"},
+        "spec": {
+            "serviceAccountName": "nginx-deployment-sa",
+            "volumes": [
+                {"name": "db", "csi": {"driver": e2e::DRIVER, "readOnly": true, "volumeAttributes": {"secretProviderClass": "app-db"}}},
+                {"name": "tls", "csi": {"driver": e2e::DRIVER, "readOnly": true, "volumeAttributes": {"secretProviderClass": "app-tls"}}}
+            ],
+            "containers": [{
+                "name": "nginx",
+                "image": "nginx:1.14.2",
+                "env": [
+                    {"name": "DB_USER", "valueFrom": {"secretKeyRef": {"name": "db", "key": "username"}}},
+                    {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                    {"name": "DB_PORT", "valueFrom": {"secretKeyRef": {"name": "db-extra", "key": "port"}}}
+                ]
+            }]
+        }
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client, &world.namespace)
+        .create(&pp, &pod)
+        .await
+        .unwrap();
+    let pods = world.running_pods(1).await;
+
+    let env = world.env(&pods[0]).await;
+    assert_eq!(env.get("DB_USER").map(String::as_str), Some("admin"));
+    assert_eq!(env.get("DB_PASSWORD").map(String::as_str), Some("s3cret"));
+    assert_eq!(
+        env.get("DB_PORT").map(String::as_str),
+        Some("5432"),
+        "numbers are written as their JSON text"
+    );
+
+    let db = world.secret("db").await.unwrap();
+    assert_eq!(db.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    let extra = world.secret("db-extra").await.unwrap();
+    assert_eq!(extra.metadata.labels.as_ref().unwrap()["team"], "payments");
+    assert_eq!(extra.metadata.annotations.as_ref().unwrap()["owner"], "dba");
+    assert_eq!(
+        world.secret_value("db-extra", "raw.json").await.as_deref(),
+        Some(creds)
+    );
+
+    let tls_secret = world.secret("app-tls").await.unwrap();
+    assert_eq!(tls_secret.type_.as_deref(), Some("kubernetes.io/tls"));
+    let crt = world.secret_value("app-tls", "tls.crt").await.unwrap();
+    let key = world.secret_value("app-tls", "tls.key").await.unwrap();
+    assert!(
+        crt.starts_with("-----BEGIN CERTIFICATE-----") && !crt.contains("PRIVATE KEY"),
+        "{crt}"
+    );
+    assert!(
+        key.starts_with("-----BEGIN EC PRIVATE KEY-----"),
+        "the PKCS#8 key is re-encoded as SEC1"
+    );
+    // The mounted file keeps the whole bundle, as the provider wrote it.
+    let uid = pods[0].metadata.uid.clone().unwrap();
+    let mounted =
+        std::fs::read_to_string(world.kubelet.target_path(&uid, "tls").join("tls-bundle")).unwrap();
+    assert_eq!(mounted, bundle);
+}
