@@ -12,7 +12,7 @@ export AWS_EC2_METADATA_DISABLED := true
 .PHONY: test tools lint build unit crds demo bench fuzz soak clean-cache
 
 ## test: everything CI runs (.ci/run calls exactly this)
-test: tools lint
+test: tools lint deny
 	$(CARGO) test --workspace --all-targets --locked
 
 ## tools: build/cache the real test peers (etcd, kube-apiserver, kube-controller-manager, moto, csi-sanity, ASCP)
