@@ -23,6 +23,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use secrets_store_testenv::Cluster;
+use serde::Deserialize;
 
 const REGENERATE: &str = "UPDATE_GOLDEN=1 cargo test -p secrets-store --test helm_chart";
 /// Release name and namespace of the static manifests (what `kubectl apply` users get).
@@ -597,10 +598,11 @@ fn seed_file(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The seed walk-through against what the chart created: the DaemonSet's own container command
-/// (args and env as rendered, host paths moved under a temp dir standing in for the node) runs
-/// the real binary as the chart's ServiceAccount, and the kubelet simulator plays the node. This
-/// proves the chart's flags are ones the agent accepts and its RBAC is enough for a mount.
+/// The seed walk-through against what the chart created (`syncSecret.enabled`,
+/// `enableSecretRotation`): the DaemonSet's own container command (args and env as rendered, host
+/// paths moved under a temp dir standing in for the node) runs the real binary as the chart's
+/// ServiceAccount, and the kubelet simulator plays the node. This proves the chart's flags are
+/// ones the agent accepts and its RBAC is enough for mounts and secret sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
     use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
@@ -611,7 +613,11 @@ async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
     let agent_ns = cluster.new_namespace("chart-agent").await;
     let ns = cluster.new_namespace("chart-seed").await;
     let admin = cluster.client();
-    helm_install(cluster, &agent_ns, "");
+    helm_install(
+        cluster,
+        &agent_ns,
+        "syncSecret.enabled=true,enableSecretRotation=true",
+    );
 
     // The node: host paths of the DaemonSet's volumes under a temp dir.
     let node = tempfile::tempdir().unwrap();
@@ -727,6 +733,26 @@ async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
             .join("CSI-driver-test-secret");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "secretkey");
     }
+    // Secret sync through the chart's sync RBAC: the seed's `foosecret`, and the env var the
+    // seed's container reads from it.
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let synced = eventually("the synced Secret foosecret", || async {
+        secrets.get_opt("foosecret").await.ok().flatten()
+    })
+    .await;
+    let data = synced.data.unwrap_or_default();
+    assert_eq!(
+        data.get("SECRET_API_KEY").map(|b| b.0.as_slice()),
+        Some(b"secretkey".as_slice())
+    );
+    let env = kubelet
+        .resolved_env(&running[0], "nginx")
+        .await
+        .expect("the container's env resolves");
+    assert_eq!(
+        env.get("SECRET_API_KEY").map(String::as_str),
+        Some("secretkey")
+    );
 
     // The chart's memory limit is sized from this: the agent's peak RSS through the walk-through
     // (a debug build, larger than the release image's) must fit well inside it.
@@ -798,4 +824,58 @@ async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
             .await
             .unwrap();
     }
+}
+
+/// Every flag the chart can render (all options on) is one `secrets-store node` accepts, with a
+/// value its parser takes: clap stops at the first bad argument, before the trailing `--help`.
+#[test]
+fn every_rendered_flag_is_accepted_by_the_agent() {
+    let out = render(&[
+        "syncSecret.enabled=true",
+        "enableSecretRotation=true",
+        "rotationPollInterval=45s",
+        "providerHealthCheck=true",
+        "aws.enabled=false",
+        "aws.region=eu-west-1",
+        "logFormatJSON=true",
+        "logVerbosity=5",
+        "metrics.enabled=false",
+        "maxCallRecvMsgSize=8388608",
+    ]);
+    let ds = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .find(|d| d.get("kind").and_then(|k| k.as_str()) == Some("DaemonSet"))
+        .expect("a DaemonSet");
+    let ds: DaemonSet = serde_yaml::from_value(ds).unwrap();
+    let container = ds.spec.unwrap().template.spec.unwrap().containers.remove(0);
+    let args: Vec<String> = container.args.unwrap_or_default();
+    for flag in [
+        "--enable-secret-sync",
+        "--enable-secret-rotation",
+        "--provider-health-check",
+        "--no-aws-provider",
+        "--log-format-json",
+        "--metrics-addr=",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} rendered: {args:?}");
+    }
+    let run = |args: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_secrets-store"))
+            .args(args)
+            .arg("--help")
+            .env("KUBE_NODE_NAME", "n")
+            .env("POD_NAMESPACE", "ns")
+            .output()
+            .unwrap()
+    };
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "secrets-store rejected the chart's args {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The check has teeth: an unknown flag fails the same way.
+    let mut bad = args.clone();
+    bad.push("--no-such-flag".into());
+    assert!(!run(&bad).status.success());
 }
