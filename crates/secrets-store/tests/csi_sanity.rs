@@ -45,20 +45,35 @@ fn csi_sanity_node_and_identity() {
         let mode = std::fs::metadata(sock).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", sock.display());
     }
-    let output = Command::new(csi_sanity)
-        .arg(format!("--csi.endpoint=unix://{}", driver.socket.display()))
-        .arg(format!(
-            "--csi.mountdir={}",
-            dir.path().join("mnt").display()
-        ))
-        .arg(format!(
-            "--csi.stagingdir={}",
-            dir.path().join("stage").display()
-        ))
-        .arg("--ginkgo.skip=Controller Server|should remove target path")
-        .arg("--ginkgo.no-color")
-        .output()
-        .expect("running csi-sanity");
+    let run = || {
+        Command::new(&csi_sanity)
+            .arg(format!("--csi.endpoint=unix://{}", driver.socket.display()))
+            .arg(format!(
+                "--csi.mountdir={}",
+                dir.path().join("mnt").display()
+            ))
+            .arg(format!(
+                "--csi.stagingdir={}",
+                dir.path().join("stage").display()
+            ))
+            .arg("--ginkgo.skip=Controller Server|should remove target path")
+            .arg("--ginkgo.no-color")
+            .output()
+            .expect("running csi-sanity")
+    };
+    let mut output = run();
+    // csi-sanity's own dialer has been seen (1 run in ~10, under heavy machine load) to time out
+    // its very first connection after 60 s while every later spec connects to the same driver
+    // at once. Retry once for that exact symptom only; any other failure fails the test.
+    if !output.status.success()
+        && String::from_utf8_lossy(&output.stdout).contains("Connection timed out")
+    {
+        eprintln!(
+            "csi-sanity could not connect on its first try; retrying once:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        output = run();
+    }
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

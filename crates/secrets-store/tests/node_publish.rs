@@ -727,3 +727,60 @@ async fn publish_through_the_builtin_aws_provider() {
     w.delete_pod("app").await;
     assert!(!target.exists());
 }
+
+/// Calls for one target path are serialised; calls for different targets run in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_volume_serialised_different_volumes_parallel() {
+    let w = World::new("drv-par").await;
+    let _logs = w.cluster.dump_logs_on_panic();
+    w.create_class("slow", PROVIDER, "slow").await;
+    // Pods exist (for the pod status owner and Events) but the simulator does not mount them:
+    // their volumes reference a class name the test calls directly below.
+    let mut calls = Vec::new();
+    let mut targets = Vec::new();
+    for pod in ["a", "b"] {
+        w.create_pod(pod, "not-used").await;
+        let uid = w.pod_uid(pod).await;
+        let target = w.root.path().join("par").join(pod).join("mount");
+        targets.push(target.clone());
+        // Two calls for each target, all four at once.
+        for _ in 0..2 {
+            let mut req = publish_request(&w, pod, &uid, "slow");
+            req.target_path = target.to_string_lossy().into_owned();
+            let mut client = node_client(&w.driver.socket);
+            calls.push(tokio::spawn(async move {
+                client.node_publish_volume(req).await
+            }));
+        }
+    }
+    for c in calls {
+        c.await.unwrap().expect("publish");
+    }
+    let state = &w.provider.state;
+    assert_eq!(
+        state
+            .max_in_flight_per_target
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "two calls for one volume overlapped"
+    );
+    assert!(
+        state
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2,
+        "different volumes never ran in parallel (a global lock?)"
+    );
+    let mut client = node_client(&w.driver.socket);
+    for target in targets {
+        assert!(mount_id(&target).is_some());
+        client
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: "v".into(),
+                target_path: target.to_string_lossy().into_owned(),
+            })
+            .await
+            .expect("unpublish");
+        assert!(!target.exists());
+    }
+}

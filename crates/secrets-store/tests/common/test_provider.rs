@@ -25,6 +25,12 @@ pub struct ProviderState {
     pub last: Mutex<Option<(String, String, String)>>,
     /// The last request's `current_object_version` as (id, version).
     pub last_current: Mutex<Vec<(String, String)>>,
+    /// Mount calls in flight now, overall and per target path, and the most seen at once.
+    pub in_flight: Mutex<(u64, std::collections::BTreeMap<String, u64>)>,
+    /// Most mounts seen in flight at once (any targets).
+    pub max_in_flight: AtomicU64,
+    /// Most mounts seen in flight at once for one target path.
+    pub max_in_flight_per_target: AtomicU64,
     /// Generation stamped into file contents (`mode=ok`/`toggle`).
     pub generation: AtomicU64,
 }
@@ -78,6 +84,32 @@ impl CsiDriverProvider for Svc {
         let attrs: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&r.attributes)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mode = attrs.get("mode").and_then(|v| v.as_str()).unwrap_or("ok");
+        if mode == "slow" {
+            // Hold the call open long enough for concurrent calls to overlap, and record how
+            // many overlap (overall and per target).
+            {
+                let mut g = self.0.in_flight.lock().unwrap();
+                g.0 += 1;
+                let per = g.1.entry(r.target_path.clone()).or_default();
+                *per += 1;
+                let per = *per;
+                self.0.max_in_flight.fetch_max(g.0, Ordering::SeqCst);
+                self.0
+                    .max_in_flight_per_target
+                    .fetch_max(per, Ordering::SeqCst);
+            }
+            // Wait (bounded) for a second call to arrive, so overlap does not depend on timing;
+            // a driver that serialised all calls would leave this call alone until the bound.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self.0.max_in_flight.load(Ordering::SeqCst) < 2
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let mut g = self.0.in_flight.lock().unwrap();
+            g.0 -= 1;
+            *g.1.get_mut(&r.target_path).unwrap() -= 1;
+        }
         let generation = self.0.generation.load(Ordering::SeqCst);
         let ok = || pb::MountResponse {
             // Unsorted on purpose: the driver sorts them in the pod status.
@@ -95,7 +127,7 @@ impl CsiDriverProvider for Svc {
             ],
         };
         let resp = match mode {
-            "ok" => ok(),
+            "ok" | "slow" => ok(),
             "toggle" if !self.0.fail.load(Ordering::SeqCst) => ok(),
             "toggle" => return Err(Status::unavailable("backend down")),
             "error-code" => pb::MountResponse {
