@@ -264,6 +264,15 @@ pub fn parse(
     if raw.is_empty() {
         return Err(ParamError::param(keys::OBJECTS, "lists no objects"));
     }
+    if raw.len() > MAX_OBJECTS {
+        return Err(ParamError::param(
+            keys::OBJECTS,
+            format!(
+                "lists {} objects; at most {MAX_OBJECTS} fit one volume",
+                raw.len()
+            ),
+        ));
+    }
 
     let objects = validate_objects(raw, &region, failover_region.as_deref(), translation)?;
     Ok(MountParameters {
@@ -355,6 +364,29 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// At most this many objects per class: each may be up to 64 KiB, and they share one small tmpfs.
+pub const MAX_OBJECTS: usize = 1000;
+
+/// A file already in `files` that `name` collides with: the same path, a file where `name` needs
+/// a directory (`a` vs `a/b`), or a directory where `name` is a file (`a/b` vs `a`).
+fn file_conflict<'a>(
+    files: &'a BTreeMap<String, String>,
+    name: &str,
+) -> Option<(&'a String, &'a String)> {
+    if let Some(hit) = files.get_key_value(name) {
+        return Some(hit);
+    }
+    let ancestors = name.match_indices('/').map(|(i, _)| &name[..i]);
+    if let Some(hit) = ancestors
+        .into_iter()
+        .find_map(|dir| files.get_key_value(dir))
+    {
+        return Some(hit);
+    }
+    // Everything under `name/` sorts between `name/` and `name0` ('0' follows '/').
+    files.range(format!("{name}/")..format!("{name}0")).next()
 }
 
 fn validate_objects(
@@ -547,12 +579,17 @@ fn validate_objects(
             }
         }
         for f in std::iter::once(&fname).chain(jmes.iter().map(|j| &j.file_name)) {
-            if let Some(other) = files.insert(f.clone(), label.clone()) {
-                return Err(err(
-                    "objectAlias",
-                    format!("writes file {f:?}, which object {other:?} also writes"),
-                ));
+            if let Some((path, other)) = file_conflict(&files, f) {
+                let reason = if path == f {
+                    format!("writes file {f:?}, which object {other:?} also writes")
+                } else {
+                    format!(
+                        "writes file {f:?}, which conflicts with {path:?} written by object {other:?}"
+                    )
+                };
+                return Err(err("objectAlias", reason));
             }
+            files.insert(f.clone(), label.clone());
         }
 
         out.push(ObjectSpec {

@@ -598,3 +598,41 @@ fn random_classes_never_panic_and_accepted_names_are_safe() {
         }
     }
 }
+
+#[test]
+fn a_file_and_a_directory_of_the_same_name_conflict() {
+    let cases = [
+        // Translation off keeps `/`, so `a` and `a/b` would need `a` to be both a file and a dir.
+        "- {objectName: a, objectType: secretsmanager}\n- {objectName: a/b, objectType: secretsmanager}\n",
+        "- {objectName: a/b, objectType: secretsmanager}\n- {objectName: a, objectType: secretsmanager}\n",
+        "- objectName: a/b/c\n  objectType: secretsmanager\n- objectName: x\n  objectType: secretsmanager\n  jmesPath: [{path: k, objectAlias: a/b}]\n",
+    ];
+    for yaml in cases {
+        let mut a = objects(yaml);
+        a.insert("pathTranslation".into(), "False".into());
+        let err = parse(&a, None).unwrap_err().to_string();
+        assert!(err.contains("conflicts with"), "{yaml}: {err}");
+    }
+    // Siblings that merely share a prefix are fine.
+    let mut a = objects(
+        "- {objectName: a/b, objectType: secretsmanager}\n- {objectName: a/bc, objectType: secretsmanager}\n- {objectName: ab, objectType: secretsmanager}\n",
+    );
+    a.insert("pathTranslation".into(), "False".into());
+    assert_eq!(ok(a).objects.len(), 3);
+}
+
+#[test]
+fn huge_object_lists_are_refused() {
+    let yaml: String = (0..=MAX_OBJECTS)
+        .map(|i| format!("- {{objectName: s{i}, objectType: secretsmanager}}\n"))
+        .collect();
+    let err = parse(&objects(&yaml), None).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("lists {} objects", MAX_OBJECTS + 1)),
+        "{err}"
+    );
+    let fits: String = (0..MAX_OBJECTS)
+        .map(|i| format!("- {{objectName: s{i}, objectType: secretsmanager}}\n"))
+        .collect();
+    assert_eq!(ok(objects(&fits)).objects.len(), MAX_OBJECTS);
+}

@@ -131,16 +131,56 @@ fn extract(spec: &ObjectSpec, value: &FetchedValue) -> Result<Vec<SecretBytes>, 
 }
 
 fn compile(object: &str, entry: &JmesSpec) -> Result<jmespath::Expression<'static>, RenderError> {
-    jmespath::compile(&entry.path).map_err(|e| RenderError::BadExpression {
+    let bad = |reason: String| RenderError::BadExpression {
         object: object.to_string(),
         path: entry.path.clone(),
-        reason: e.reason.to_string(),
+        reason,
         hint: if entry.path.contains('-') && !entry.path.contains('"') {
             HYPHEN_HINT
         } else {
             ""
         },
-    })
+    };
+    let expr = jmespath::compile(&entry.path).map_err(|e| bad(e.reason.to_string()))?;
+    // The interpreter looks functions up only when it reaches them, which a missing key may
+    // never do: check every call now so a typo fails validation, not some later mount.
+    if let Some(name) = unknown_function(expr.as_ast()) {
+        return Err(bad(format!("unknown function {name}()")));
+    }
+    Ok(expr)
+}
+
+/// The first function call in `ast` that the jmesPath runtime does not define.
+fn unknown_function(ast: &jmespath::ast::Ast) -> Option<String> {
+    use jmespath::ast::Ast;
+    let children: Vec<&Ast> = match ast {
+        Ast::Function { name, args, .. } => {
+            if jmespath::DEFAULT_RUNTIME.get_function(name).is_none() {
+                return Some(name.clone());
+            }
+            args.iter().collect()
+        }
+        Ast::Comparison { lhs, rhs, .. }
+        | Ast::Projection { lhs, rhs, .. }
+        | Ast::And { lhs, rhs, .. }
+        | Ast::Or { lhs, rhs, .. }
+        | Ast::Subexpr { lhs, rhs, .. } => vec![lhs, rhs],
+        Ast::Condition {
+            predicate, then, ..
+        } => vec![predicate, then],
+        Ast::Expref { ast, .. } => vec![ast],
+        Ast::Flatten { node, .. } | Ast::Not { node, .. } | Ast::ObjectValues { node, .. } => {
+            vec![node]
+        }
+        Ast::MultiList { elements, .. } => elements.iter().collect(),
+        Ast::MultiHash { elements, .. } => elements.iter().map(|kv| &kv.value).collect(),
+        Ast::Identity { .. }
+        | Ast::Field { .. }
+        | Ast::Index { .. }
+        | Ast::Literal { .. }
+        | Ast::Slice { .. } => Vec::new(),
+    };
+    children.into_iter().find_map(unknown_function)
 }
 
 /// Compiles every jmesPath expression of the objects, so mistakes surface before any fetch.
@@ -289,5 +329,29 @@ mod tests {
         assert!(check_expressions(&[spec(&[("a.b", "x")])]).is_ok());
         let err = check_expressions(&[spec(&[("a-b", "x")])]).unwrap_err();
         assert!(err.to_string().contains("must be quoted"), "{err}");
+    }
+
+    #[test]
+    fn unknown_functions_fail_validation_wherever_they_are() {
+        for path in [
+            "nope(@)",
+            "a.nope(@)",
+            "a[?nope(b)].c",
+            "{x: nope(a)}",
+            "length(nope(a))",
+        ] {
+            let err = check_expressions(&[spec(&[(path, "x")])])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unknown function nope()"), "{path}: {err}");
+        }
+        for path in [
+            "length(a)",
+            "a[?contains(b, 'x')].c",
+            "to_string(port)",
+            "\"password-value\"",
+        ] {
+            assert!(check_expressions(&[spec(&[(path, "x")])]).is_ok(), "{path}");
+        }
     }
 }

@@ -312,29 +312,22 @@ pub fn run(t: &mut Tally) {
         &["object \"p\"", "objectVersion"],
     );
 
-    // Huge object lists with one bad entry far down: the error names that entry.
-    for (n, bad) in [(1_000usize, 999usize), (5_000, 4_321), (20_000, 19_999)] {
-        let mut yaml = String::with_capacity(n * 50);
-        for i in 0..n {
-            if i == bad {
-                yaml.push_str(&format!("- objectName: obj-{i}\n  objectType: nope\n"));
-            } else {
-                yaml.push_str(&format!(
-                    "- objectName: obj-{i}\n  objectType: ssmparameter\n"
-                ));
-            }
-        }
-        reject(
-            t,
-            format!("huge/{n}-bad-at-{bad}"),
-            attrs(&[], &yaml),
-            Some(REGION),
-            &[&format!("object \"obj-{bad}\""), "objectType"],
-        );
-    }
+    // A list at the limit with one bad entry far down: the error names that entry.
     let mut yaml = String::new();
-    for i in 0..3_000 {
-        yaml.push_str(&obj(&format!("o{}", i % 2_999), ""));
+    for i in 0..1_000 {
+        let kind = if i == 999 { "nope" } else { "ssmparameter" };
+        yaml.push_str(&format!("- objectName: obj-{i}\n  objectType: {kind}\n"));
+    }
+    reject(
+        t,
+        "huge/1000-bad-at-999",
+        attrs(&[], &yaml),
+        Some(REGION),
+        &["object \"obj-999\"", "objectType"],
+    );
+    let mut yaml = String::new();
+    for i in 0..1_000 {
+        yaml.push_str(&obj(&format!("o{}", i % 999), ""));
     }
     reject(
         t,
@@ -343,4 +336,15 @@ pub fn run(t: &mut Tally) {
         Some(REGION),
         &["object \"o0\"", "duplicate object name"],
     );
+    // Longer lists are refused before any object is looked at: they cannot fit one volume.
+    for n in [1_001usize, 5_000, 20_000] {
+        let yaml: String = (0..n).map(|i| obj(&format!("o{i}"), "")).collect();
+        reject(
+            t,
+            format!("huge/{n}-objects"),
+            attrs(&[], &yaml),
+            Some(REGION),
+            &["parameter objects", &format!("lists {n} objects")],
+        );
+    }
 }
