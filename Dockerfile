@@ -4,8 +4,11 @@
 # distroless/cc, which brings glibc, CA certificates (/etc/ssl/certs, for the AWS and Kubernetes
 # APIs) and nothing else: no shell, no package manager.
 #
-# Size target: under 40 MB uncompressed in total — distroless/cc-debian12 is ~23 MB and the
-# stripped release binary must stay under ~17 MB. The same binary comes from
+# Size target: under 60 MB uncompressed in total. Measured (workspace release profile, rustc 1.95,
+# x86_64): the binary is 46 MB, 33 MB stripped, and links only glibc (libc, libm, libgcc_s), so
+# distroless/cc-debian12 (~23 MB) is the smallest base that runs it; a fully static build would
+# need musl. `lto = "fat"` + `codegen-units = 1` in [profile.release] is the next lever if the
+# image must shrink. The same binary comes from
 # `cargo build --release --locked -p secrets-store` (target/release/secrets-store).
 #
 # It runs as root: the node agent mounts tmpfs volumes into pods (a privileged DaemonSet). The
