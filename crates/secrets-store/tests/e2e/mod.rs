@@ -301,3 +301,113 @@ impl World {
             .collect()
     }
 }
+
+/// Options for [`World::start_agent`]: what differs between fault/security tests and the seed.
+pub struct AgentOptions<'a> {
+    /// `--rotation-poll-interval`.
+    pub poll: &'a str,
+    /// `AWS_ENDPOINT_URL` (moto itself, or a test's fault-injecting proxy in front of it).
+    pub aws_endpoint: String,
+    /// `--metrics-addr` (empty: off).
+    pub metrics_addr: String,
+    /// Extra environment (e.g. `RUST_LOG`).
+    pub env: Vec<(&'a str, String)>,
+}
+
+impl World {
+    /// Starts another `secrets-store node` for this world: same socket dir, same kubelet root,
+    /// same namespace, with `opts`. Callers stop or kill the previous agent first.
+    pub fn start_agent(&self, opts: &AgentOptions<'_>) -> Driver {
+        let root = self.dir.path().join("kubelet");
+        let mut env: Vec<(&str, &str)> = vec![("AWS_ENDPOINT_URL", opts.aws_endpoint.as_str())];
+        env.extend(opts.env.iter().map(|(k, v)| (*k, v.as_str())));
+        Driver::start_with_env(
+            self.dir.path(),
+            self.cluster.kubeconfig_path(),
+            &[
+                "--node-id",
+                self.cluster.node_name(),
+                "--kubelet-dir",
+                root.to_str().unwrap(),
+                "--metrics-addr",
+                &opts.metrics_addr,
+                "--healthz-addr",
+                "",
+                "--enable-secret-sync",
+                "--enable-secret-rotation",
+                "--rotation-poll-interval",
+                opts.poll,
+                "--namespace",
+                &self.namespace,
+            ],
+            &env,
+        )
+    }
+
+    /// Creates the seed's ServiceAccount (with `role_arn`) only.
+    pub async fn apply_service_account(&self, role_arn: &str) {
+        let sa: ServiceAccount =
+            serde_yaml::from_str(&seed_file("serviceaccount.yaml").replace("ROLE_ARN", role_arn))
+                .unwrap();
+        Api::<ServiceAccount>::namespaced(self.cluster.client(), &self.namespace)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+    }
+
+    /// Creates a SecretProviderClass from YAML (name and spec) in this world's namespace.
+    pub async fn apply_class(&self, yaml: &str) {
+        let spc: SecretProviderClass = serde_yaml::from_str(yaml).unwrap();
+        Api::<SecretProviderClass>::namespaced(self.cluster.client(), &self.namespace)
+            .create(&PostParams::default(), &spc)
+            .await
+            .unwrap();
+    }
+
+    /// Creates a bare pod `name` (the seed's ServiceAccount) with one CSI volume [`VOLUME`]
+    /// using class `class`.
+    pub async fn class_pod(&self, name: &str, class: &str) {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "serviceAccountName": "nginx-deployment-sa",
+                "volumes": [{"name": VOLUME, "csi": {"driver": DRIVER, "readOnly": true,
+                    "volumeAttributes": {"secretProviderClass": class}}}],
+                "containers": [{"name": "nginx", "image": "nginx:1.14.2"}]
+            }
+        }))
+        .unwrap();
+        Api::<Pod>::namespaced(self.cluster.client(), &self.namespace)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+    }
+
+    /// Deletes pod `name` and waits until the kubelet has unpublished it and it is gone.
+    pub async fn delete_pod(&self, name: &str) {
+        Api::<Pod>::namespaced(self.cluster.client(), &self.namespace)
+            .delete(name, &kube::api::DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(90), "pod deleted", || async {
+            self.pods()
+                .await
+                .iter()
+                .all(|p| p.metadata.name.as_deref() != Some(name))
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// Mount points under this world's kubelet root, from `/proc/self/mountinfo`.
+    pub fn mounts_under_root(&self) -> Vec<String> {
+        let root = self.dir.path().join("kubelet");
+        let root = root.to_string_lossy();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(root.as_ref()))
+            .collect()
+    }
+}
