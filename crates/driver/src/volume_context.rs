@@ -90,7 +90,7 @@ fn bool_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error>
         "true" | "True" | "TRUE" => Ok(true),
         "false" | "False" | "FALSE" | "" => Ok(false),
         other => Err(serde::de::Error::custom(format!(
-            "expected \"true\" or \"false\", got {other:?}"
+            "{EPHEMERAL_KEY}: expected \"true\" or \"false\", got {other:?}"
         ))),
     }
 }

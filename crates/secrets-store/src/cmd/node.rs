@@ -69,6 +69,9 @@ pub struct NodeArgs {
     /// Do not serve the built-in AWS provider (use an external `aws.sock` instead).
     #[arg(long)]
     pub no_aws_provider: bool,
+    /// How long the AWS provider shares a fetched value between pods of the same identity.
+    #[arg(long, env = "AWS_PROVIDER_CACHE_TTL_SECONDS", default_value_t = 5)]
+    pub aws_cache_ttl_seconds: u64,
     /// Periodically call `Version` on every external provider socket and log unhealthy ones.
     #[arg(long)]
     pub provider_health_check: bool,
@@ -195,7 +198,10 @@ async fn aws_provider(
     args: &NodeArgs,
     registry: &mut Registry,
 ) -> AwsProvider {
-    let mut aws_config = AwsProviderConfig::from_env();
+    let mut aws_config = AwsProviderConfig {
+        cache_ttl: Duration::from_secs(args.aws_cache_ttl_seconds),
+        ..AwsProviderConfig::from_env()
+    };
     if aws_config.default_region.is_none() {
         // Best effort: an unreachable API server must not stop the agent from starting.
         match secrets_store_provider_aws::node_region(client, &args.node_id).await {

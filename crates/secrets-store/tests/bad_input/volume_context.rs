@@ -48,12 +48,6 @@ fn reject_context(
             Ok(_) => Err("accepted".into()),
             Err(e) => {
                 let msg = e.to_string();
-                // Known gap (reported to the driver): serde's custom error for a bad
-                // `csi.storage.k8s.io/ephemeral` value does not carry the key. Accept it until
-                // the driver names the key; every other case must name its key.
-                if needle == "ephemeral" && msg.contains("expected \"true\" or \"false\"") {
-                    return expect_names(&msg, &["invalid volume context"]);
-                }
                 expect_names(&msg, &["invalid volume context", &needle])
             }
         },
