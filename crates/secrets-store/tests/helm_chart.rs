@@ -558,23 +558,6 @@ fn helm_install(cluster: &Cluster, ns: &str, sets: &str) {
     helm(&args);
 }
 
-/// A kubeconfig file acting as the chart's ServiceAccount (admin credentials + impersonation).
-fn impersonating_kubeconfig(cluster: &Cluster, ns: &str, path: &Path) {
-    let mut kubeconfig = Kubeconfig::read_from(cluster.kubeconfig_path()).expect("test kubeconfig");
-    for named in &mut kubeconfig.auth_infos {
-        if let Some(auth) = named.auth_info.as_mut() {
-            auth.impersonate = Some(format!("system:serviceaccount:{ns}:{NAME}"));
-            auth.impersonate_groups = Some(vec![
-                "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{ns}"),
-                "system:authenticated".into(),
-            ]);
-        }
-    }
-    let yaml = serde_yaml::to_string(&kubeconfig).expect("kubeconfig YAML");
-    std::fs::write(path, yaml).unwrap();
-}
-
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -619,64 +602,26 @@ async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
         "syncSecret.enabled=true,enableSecretRotation=true",
     );
 
-    // The node: host paths of the DaemonSet's volumes under a temp dir.
+    // The node: the DaemonSet's container as a local process, host paths under a temp dir.
     let node = tempfile::tempdir().unwrap();
-    let host = |p: &str| format!("{}{p}", node.path().display());
     let ds = Api::<DaemonSet>::namespaced(admin.clone(), &agent_ns)
         .get(NAME)
         .await
         .unwrap();
-    let pod_spec = ds.spec.unwrap().template.spec.unwrap();
-    for v in pod_spec.volumes.iter().flatten() {
-        let hp = v.host_path.as_ref().expect("hostPath volumes only");
-        // DirectoryOrCreate is created by kubelet; Directory must exist on a real node.
-        std::fs::create_dir_all(host(&hp.path)).unwrap();
-    }
-    let container = &pod_spec.containers[0];
-    let expand = |s: &str| {
-        s.replace("$(KUBE_NODE_NAME)", cluster.node_name())
-            .replace("$(POD_NAMESPACE)", &agent_ns)
-            .replace("/var/lib/kubelet", &host("/var/lib/kubelet"))
-            .replace("/var/run/", &host("/var/run/"))
-    };
-    let args: Vec<String> = container
-        .args
-        .iter()
-        .flatten()
-        .map(|a| {
-            // Listeners stay off: several agents share this machine's ports.
-            if a.starts_with("--metrics-addr=") || a.starts_with("--healthz-addr=") {
-                let flag = a.split('=').next().unwrap();
-                format!("{flag}=")
-            } else {
-                expand(a)
-            }
-        })
-        .collect();
-    let kubeconfig = node.path().join("agent.kubeconfig");
-    impersonating_kubeconfig(cluster, &agent_ns, &kubeconfig);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secrets-store"));
-    cmd.args(&args)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("AWS_ENDPOINT_URL", cluster.moto().endpoint())
-        .env("AWS_EC2_METADATA_DISABLED", "true");
-    for e in container.env.iter().flatten() {
-        let value = match (
-            &e.value,
-            e.value_from.as_ref().and_then(|f| f.field_ref.as_ref()),
-        ) {
-            (Some(v), _) => v.clone(),
-            (None, Some(f)) if f.field_path == "spec.nodeName" => cluster.node_name().into(),
-            (None, Some(f)) if f.field_path == "metadata.namespace" => agent_ns.clone(),
-            other => panic!("env {} has an unexpected source {other:?}", e.name),
-        };
-        cmd.env(&e.name, value);
-    }
+    let container = ds.spec.clone().unwrap().template.spec.unwrap().containers[0].clone();
+    let local = secrets_store_testenv::node_agent::daemonset_command(
+        cluster,
+        &ds,
+        &agent_ns,
+        Path::new(env!("CARGO_BIN_EXE_secrets-store")),
+        node.path(),
+    )
+    .expect("the DaemonSet's container as a local command");
     let agent = cluster
-        .spawn("chart-agent", cmd)
+        .spawn("chart-agent", local.command)
         .expect("starting the agent");
 
-    let root = std::path::PathBuf::from(host("/var/lib/kubelet"));
+    let root = local.kubelet_root;
     let mut kubelet = KubeletSim::start(
         cluster.client(),
         KubeletConfig::new(cluster.node_name(), &root, &ns),
