@@ -434,7 +434,9 @@ async fn serve(
     // Only JSON-protocol calls (Secrets Manager) are throttled; STS (query protocol) passes.
     if throttle
         && head.contains("x-amz-target:")
-        && json_requests.fetch_add(1, Ordering::SeqCst) % 2 == 0
+        && json_requests
+            .fetch_add(1, Ordering::SeqCst)
+            .is_multiple_of(2)
     {
         throttled.fetch_add(1, Ordering::SeqCst);
         let body = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
