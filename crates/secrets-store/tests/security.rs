@@ -208,7 +208,7 @@ async fn secret_values_and_tokens_never_leak() {
     // The scanner itself finds a planted value and token (so an empty result means something).
     let planted = format!("x{}y", leak_forms(&second)[1]);
     assert_eq!(
-        find_leaks(&[("probe".into(), planted)], &[second.clone()]).len(),
+        find_leaks(&[("probe".into(), planted)], std::slice::from_ref(&second)).len(),
         1
     );
     assert_eq!(
