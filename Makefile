@@ -60,3 +60,11 @@ fuzz:
 	    fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=4096; \
 	done
+
+## soak: the fault suite with long counts (1,000 SIGKILL-interrupted rotations, a 60 s AWS outage);
+## make test runs the same tests with short counts. FAULTS_SEED=<n> replays a kill schedule.
+SOAK_ROTATIONS ?= 1000
+SOAK_OUTAGE_SECS ?= 60
+soak: tools
+	SOAK_ROTATIONS=$(SOAK_ROTATIONS) SOAK_OUTAGE_SECS=$(SOAK_OUTAGE_SECS) \
+	  $(CARGO) test -p secrets-store --locked --test faults -- --nocapture --test-threads 1
