@@ -109,12 +109,12 @@ pub enum PublishError {
         source: kube::Error,
     },
     /// A post-mount hook (secret sync) failed.
-    #[error("post-mount step {hook} failed: {message}")]
+    #[error("{hook} failed: {source}")]
     AfterMount {
         /// The hook's name.
         hook: String,
         /// Its error, safe to show.
-        message: String,
+        source: crate::node::AfterMountError,
     },
 }
 
@@ -141,7 +141,8 @@ impl PublishError {
             Self::Mount(MountError::ForeignMount { .. }) => Code::FailedPrecondition,
             Self::Mount(_) => Code::Internal,
             Self::PodStatus { .. } => Code::Unavailable,
-            Self::AfterMount { .. } => Code::Internal,
+            Self::AfterMount { source, .. } if source.retryable => Code::Unavailable,
+            Self::AfterMount { .. } => Code::FailedPrecondition,
         }
     }
 
@@ -174,7 +175,7 @@ impl PublishError {
             },
             Self::Mount(_) => "FailedToEnsureMountPoint",
             Self::PodStatus { .. } => "FailedToUpdatePodStatus",
-            Self::AfterMount { .. } => "FailedToSyncSecrets",
+            Self::AfterMount { source, .. } => source.reason,
         }
     }
 

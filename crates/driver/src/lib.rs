@@ -30,5 +30,5 @@ pub mod rotation;
 pub mod server;
 pub mod status;
 
-pub use node::{AfterMount, MountedVolume, NodeConfig, NodeService};
+pub use node::{AfterMount, AfterMountError, MountedVolume, NodeConfig, NodeService};
 pub use providers::{DEFAULT_PROVIDER_VOLUME, ExternalConnector, ProviderRegistry};

@@ -37,6 +37,8 @@ pub struct MountedVolume<'a> {
     pub files: &'a [ProviderFile],
     /// The mounted objects' versions, sorted.
     pub object_versions: &'a [ObjectVersion],
+    /// The pod's SecretProviderClassPodStatus as stored (with its uid, for owner references).
+    pub pod_status: &'a SecretProviderClassPodStatus,
 }
 
 /// A step run after files are written and before publish returns (secret sync plugs in here).
@@ -46,7 +48,20 @@ pub trait AfterMount: Send + Sync + 'static {
     /// The hook's name, used in errors and logs.
     fn name(&self) -> &str;
     /// Runs the step. The error message must not contain secret values.
-    async fn after_mount(&self, volume: &MountedVolume<'_>) -> Result<(), String>;
+    async fn after_mount(&self, volume: &MountedVolume<'_>) -> Result<(), AfterMountError>;
+}
+
+/// Why a post-mount step failed: what kubelet and the Event show.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AfterMountError {
+    /// The Event reason and metric label (e.g. `SecretNotManaged`).
+    pub reason: &'static str,
+    /// Whether a retry can succeed without anyone changing anything (API server unreachable),
+    /// as opposed to a configuration problem (an invalid `secretObjects` entry).
+    pub retryable: bool,
+    /// The cause, naming the objects involved; never secret values.
+    pub message: String,
 }
 
 /// The parts of a `NodePublishVolumeRequest` the service uses.
@@ -102,6 +117,9 @@ struct Inner {
     effects: PodEffects,
     hooks: Vec<Arc<dyn AfterMount>>,
     rotation: RotationSchedule,
+    /// The pod status last written per target path, so a republish neither reads it back nor
+    /// rewrites it when nothing changed (rebuilt from the API after a restart).
+    statuses: std::sync::Mutex<HashMap<PathBuf, Arc<SecretProviderClassPodStatus>>>,
 }
 
 impl std::fmt::Debug for NodeService {
@@ -134,6 +152,7 @@ impl NodeService {
                 effects,
                 hooks,
                 rotation: RotationSchedule::new(None),
+                statuses: std::sync::Mutex::default(),
             }),
         }
     }
@@ -154,6 +173,19 @@ impl NodeService {
     /// The SecretProviderClass cache, for components that look classes up too (secret sync).
     pub fn classes(&self) -> ClassCache {
         self.inner.classes.clone()
+    }
+
+    fn cached_status(&self, target: &Path) -> Option<Arc<SecretProviderClassPodStatus>> {
+        self.lock_statuses().get(target).cloned()
+    }
+
+    fn lock_statuses(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Arc<SecretProviderClassPodStatus>>> {
+        self.inner
+            .statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
@@ -360,10 +392,15 @@ impl NodeService {
                 &ctx.pod_namespace,
                 &ctx.secret_provider_class,
             );
-            self.inner
-                .effects
-                .current_versions(&ctx.pod_namespace, &name)
-                .await
+            match self.cached_status(target) {
+                Some(status) => status_versions(&status),
+                None => {
+                    self.inner
+                        .effects
+                        .current_versions(&ctx.pod_namespace, &name)
+                        .await
+                }
+            }
         } else {
             Vec::new()
         };
@@ -416,15 +453,26 @@ impl NodeService {
             &target.to_string_lossy(),
             &versions,
         );
-        self.inner
-            .effects
-            .apply_status(&status)
-            .await
-            .map_err(|source| PublishError::PodStatus {
-                namespace: ctx.pod_namespace.clone(),
-                name: status.metadata.name.clone().unwrap_or_default(),
-                source,
-            })?;
+        let stored = match self.cached_status(target) {
+            // Same content as last written: no API call.
+            Some(cached) if cached.status == status.status => cached,
+            _ => {
+                let applied = self
+                    .inner
+                    .effects
+                    .apply_status(&status)
+                    .await
+                    .map_err(|source| PublishError::PodStatus {
+                        namespace: ctx.pod_namespace.clone(),
+                        name: status.metadata.name.clone().unwrap_or_default(),
+                        source,
+                    })?;
+                let applied = Arc::new(applied);
+                self.lock_statuses()
+                    .insert(target.to_path_buf(), applied.clone());
+                applied
+            }
+        };
 
         let mounted = MountedVolume {
             context: ctx,
@@ -432,13 +480,14 @@ impl NodeService {
             target_path: target,
             files: &response.files,
             object_versions: &versions,
+            pod_status: &stored,
         };
         for hook in &self.inner.hooks {
             hook.after_mount(&mounted)
                 .await
-                .map_err(|message| PublishError::AfterMount {
+                .map_err(|source| PublishError::AfterMount {
                     hook: hook.name().to_string(),
-                    message,
+                    source,
                 })?;
         }
         Ok(changed)
@@ -481,6 +530,7 @@ impl NodeService {
         let target = PathBuf::from(target_path);
         let _guard = self.inner.locks.lock(&target).await;
         self.inner.rotation.forget(&target);
+        self.lock_statuses().remove(&target);
         let mounter = self.inner.mounter.clone();
         tokio::task::spawn_blocking(move || mounter.unmount_and_remove(&target))
             .await
@@ -500,6 +550,19 @@ impl NodeService {
 fn is_clean_absolute(path: &str) -> bool {
     let p = Path::new(path);
     p.is_absolute() && !p.components().any(|c| c == std::path::Component::ParentDir)
+}
+
+/// The object versions a stored pod status records.
+fn status_versions(status: &SecretProviderClassPodStatus) -> Vec<ObjectVersion> {
+    status
+        .status
+        .iter()
+        .flat_map(|s| &s.objects)
+        .map(|o| ObjectVersion {
+            id: o.id.clone(),
+            version: o.version.clone(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -98,11 +98,11 @@ impl PodEffects {
         &self.client
     }
 
-    /// Creates or updates `status` with server-side apply.
+    /// Creates or updates `status` with server-side apply and returns the stored object.
     pub async fn apply_status(
         &self,
         status: &SecretProviderClassPodStatus,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<SecretProviderClassPodStatus, kube::Error> {
         let namespace = status.metadata.namespace.as_deref().unwrap_or_default();
         let name = status.metadata.name.as_deref().unwrap_or_default();
         let api: Api<SecretProviderClassPodStatus> =
@@ -116,8 +116,7 @@ impl PodEffects {
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(body),
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     /// The object versions recorded by the last successful publish (empty when unknown; a

@@ -532,3 +532,62 @@ spec:
         std::fs::read_to_string(world.kubelet.target_path(&uid, "tls").join("tls-bundle")).unwrap();
     assert_eq!(mounted, bundle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_secret_we_do_not_manage_is_never_taken_over() {
+    let world = World::start("unmanaged", "1m", Duration::from_secs(5)).await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let role = world.seed_aws("secretkey").await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(world.cluster.client(), &world.namespace);
+    let theirs: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "foosecret"},
+        "stringData": {"SECRET_API_KEY": "someone-elses"}
+    }))
+    .unwrap();
+    secrets
+        .create(&kube::api::PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    world.apply_seed(&role).await;
+
+    let pod = eventually(WAIT, "a pod", || async {
+        world.pods().await.into_iter().next()
+    })
+    .await;
+    let pod_name = pod.metadata.name.clone().unwrap();
+    let messages = eventually(WAIT, "a SecretNotManaged Event", || async {
+        let m = world.pod_events(&pod_name, "SecretNotManaged").await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert!(
+        messages[0].contains("not managed by secrets-store"),
+        "{messages:?}"
+    );
+    // kubelet sees a precondition failure, not an internal error.
+    let failed = eventually(WAIT, "kubelet's FailedMount", || async {
+        let m = world.pod_events(&pod_name, "FailedMount").await;
+        (!m.is_empty()).then_some(m)
+    })
+    .await;
+    assert!(
+        failed[0].contains("code = FailedPrecondition"),
+        "{failed:?}"
+    );
+    let secret = world.secret("foosecret").await.unwrap();
+    assert_eq!(
+        world
+            .secret_value("foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref(),
+        Some("someone-elses")
+    );
+    assert!(
+        secret
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+}

@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kube::Api;
-use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
+use secrets_store_api::crd::SecretProviderClass;
 use secrets_store_driver::classes::ClassCache;
-use secrets_store_driver::node::{AfterMount, MountedVolume};
+use secrets_store_driver::node::{AfterMount, AfterMountError, MountedVolume};
 use secrets_store_provider::SecretBytes;
 
 use crate::files::VolumeFiles;
@@ -42,7 +41,7 @@ impl AfterMount for SecretSyncHook {
         "secret-sync"
     }
 
-    async fn after_mount(&self, volume: &MountedVolume<'_>) -> Result<(), String> {
+    async fn after_mount(&self, volume: &MountedVolume<'_>) -> Result<(), AfterMountError> {
         let class = volume.class;
         if class.spec.secret_objects.is_empty() {
             return Ok(());
@@ -53,17 +52,10 @@ impl AfterMount for SecretSyncHook {
             .sync
             .pod(namespace, pod_name)
             .await
-            .map_err(|e| format!("reading pod {namespace}/{pod_name}: {e}"))?;
-        let status_name = SecretProviderClassPodStatus::object_name(
-            pod_name,
-            namespace,
-            &ctx.secret_provider_class,
-        );
-        let status = Api::<SecretProviderClassPodStatus>::namespaced(self.sync.client(), namespace)
-            .get(&status_name)
-            .await
-            .map_err(|e| {
-                format!("reading SecretProviderClassPodStatus {namespace}/{status_name}: {e}")
+            .map_err(|e| AfterMountError {
+                reason: "FailedToCreateSecret",
+                retryable: true,
+                message: format!("reading pod {namespace}/{pod_name}: {e}"),
             })?;
         let in_memory: BTreeMap<String, SecretBytes> = volume
             .files
@@ -79,14 +71,18 @@ impl AfterMount for SecretSyncHook {
         let request = SyncRequest {
             pod: &pod,
             class,
-            pod_status: &status,
+            pod_status: volume.pod_status,
             files,
         };
         let report = self
             .sync
             .sync_volume(&request)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| AfterMountError {
+                reason: e.reason(),
+                retryable: e.retryable(),
+                message: e.to_string(),
+            })?;
         if let Some(rollout) = &self.rollout {
             for (secret, data) in &report.data_changed {
                 match rollout.secret_changed(namespace, secret, data).await {

@@ -93,6 +93,12 @@ pub enum SyncError {
 }
 
 impl SyncError {
+    /// Whether retrying without changing anything can succeed (the API server was unreachable),
+    /// as opposed to a configuration problem someone must fix.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Api { .. } | Self::ReadFiles { .. })
+    }
+
     /// A stable label for metrics and the Event reason.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -118,6 +118,7 @@ impl AtomicWriter {
     pub fn write(&self, files: &[ProviderFile]) -> Result<WriteOutcome, WriteError> {
         Self::validate(files)?;
         let old_dir = self.current_dir()?;
+        self.remove_orphaned_payloads(old_dir.as_deref())?;
         if let Some(old) = &old_dir
             && self.payload_matches(old, files)?
         {
@@ -182,6 +183,30 @@ impl AtomicWriter {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("readlink", &data)(e)),
         }
+    }
+
+    /// Removes payload dirs nothing points at: a process killed between creating a payload dir
+    /// and the `..data` swap leaves one behind. Provider paths never start with `..`, so every
+    /// `..` entry other than `..data`, `..data_tmp` and the current payload is such a leftover.
+    fn remove_orphaned_payloads(&self, current: Option<&str>) -> Result<(), WriteError> {
+        let entries = match fs::read_dir(&self.target) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("read dir", &self.target)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("read dir", &self.target))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("..")
+                || name == DATA_DIR_NAME
+                || name == DATA_DIR_TMP_NAME
+                || Some(name.as_str()) == current
+            {
+                continue;
+            }
+            remove_any(&entry.path())?;
+        }
+        Ok(())
     }
 
     fn payload_matches(&self, old: &str, files: &[ProviderFile]) -> Result<bool, WriteError> {
