@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use secrets_store_provider::grpc::kind_to_code;
 use secrets_store_provider::{ProviderError, ProviderErrorKind};
 use tonic::Code;
 
@@ -133,7 +134,7 @@ impl PublishError {
             Self::ClassLookup { .. } => Code::Unavailable,
             Self::ClassInvalid { .. } | Self::InvalidProviderName(_) => Code::FailedPrecondition,
             Self::ProviderNotFound { .. } => Code::FailedPrecondition,
-            Self::Provider { source, .. } => provider_code(source.kind),
+            Self::Provider { source, .. } => kind_to_code(source.kind),
             Self::Write { source, .. } => match source {
                 WriteError::InvalidPath(_) | WriteError::InvalidMode { .. } => Code::Internal,
                 WriteError::Io { .. } => Code::Internal,
@@ -187,18 +188,6 @@ impl PublishError {
     /// The gRPC status kubelet receives.
     pub fn to_status(&self) -> tonic::Status {
         tonic::Status::new(self.code(), self.to_string())
-    }
-}
-
-fn provider_code(kind: ProviderErrorKind) -> Code {
-    match kind {
-        ProviderErrorKind::InvalidParameters => Code::InvalidArgument,
-        ProviderErrorKind::Unauthenticated => Code::Unauthenticated,
-        ProviderErrorKind::PermissionDenied => Code::PermissionDenied,
-        ProviderErrorKind::NotFound => Code::NotFound,
-        ProviderErrorKind::Throttled => Code::ResourceExhausted,
-        ProviderErrorKind::Unavailable => Code::Unavailable,
-        ProviderErrorKind::InvalidResponse | ProviderErrorKind::Internal => Code::Internal,
     }
 }
 

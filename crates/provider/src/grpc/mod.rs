@@ -23,8 +23,9 @@ pub const API_VERSION: &str = "v1alpha1";
 /// Default limit on a provider's `MountResponse` (upstream's `--max-call-recv-msg-size` default).
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
-/// The gRPC status code a provider error is sent with.
-fn kind_to_code(kind: ProviderErrorKind) -> Code {
+/// The gRPC status code of a provider error: what our provider server sends, and what the node
+/// service answers kubelet with.
+pub fn kind_to_code(kind: ProviderErrorKind) -> Code {
     match kind {
         ProviderErrorKind::InvalidParameters => Code::InvalidArgument,
         ProviderErrorKind::Unauthenticated => Code::Unauthenticated,
