@@ -644,3 +644,47 @@ async fn throttling_is_retried_with_backoff_within_the_mount() {
     );
     assert!(forwarded >= throttled, "no retry reached moto");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_interrupted_by_a_crash_leaves_nothing_behind_after_the_next_write() {
+    let mut world = World::start("crash-dir", "0s", Duration::from_millis(300)).await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let role = world.seed_aws(&value(0)).await;
+    world.apply_service_account(&role).await;
+    world.apply_class(CLASS).await;
+    world.class_pod("crashed", "generations").await;
+    let pod = world.running_pods(1).await.remove(0);
+    let target = world.target(&pod);
+    // What a SIGKILL inside the writer leaves: a payload dir with a half-written file (killed
+    // between mkdir and the `..data` swap) and a `..data_tmp` symlink to it (killed just before
+    // the rename). The random kills above rarely land in that window; here it is exact.
+    world.agent.kill_hard();
+    let stale = "..2020_01_01_00_00_00.000000001";
+    std::fs::create_dir(target.join(stale)).unwrap();
+    std::fs::write(target.join(stale).join("gen"), "9").unwrap();
+    std::os::unix::fs::symlink(stale, target.join("..data_tmp")).unwrap();
+    world.agent = world.start_agent(&AgentOptions {
+        poll: "0s",
+        aws_endpoint: world.cluster.moto().endpoint(),
+        metrics_addr: String::new(),
+        env: vec![],
+    });
+    world
+        .cluster
+        .moto()
+        .sm_client(&world.account)
+        .put_secret_value()
+        .secret_id(SECRET)
+        .secret_string(value(1))
+        .send()
+        .await
+        .unwrap();
+    eventually(WAIT, "generation 1 after the restart", || async {
+        (world.file(&pod, "gen").as_deref() == Some("1")).then_some(())
+    })
+    .await;
+    let left = orphans(&target);
+    assert!(left.is_empty(), "left behind in {target:?}: {left:?}");
+    world.delete_pod("crashed").await;
+    assert!(world.mounts_under_root().is_empty());
+}
