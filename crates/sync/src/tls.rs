@@ -65,16 +65,16 @@ pub fn tls_part(bundle: &[u8], key: &str) -> Result<SecretBytes, TlsError> {
 
 /// Returns the PEM tag and DER of the key in its traditional form (PKCS#1 for RSA, SEC1 for EC).
 fn normalize_private_key(der: &[u8]) -> Result<(&'static str, Vec<u8>), TlsError> {
-    if pkcs1::RsaPrivateKey::from_der(der).is_ok() {
+    if pkcs1::RsaPrivateKeyRef::from_der(der).is_ok() {
         return Ok(("RSA PRIVATE KEY", der.to_vec()));
     }
     if sec1::EcPrivateKey::from_der(der).is_ok() {
         return Ok(("EC PRIVATE KEY", der.to_vec()));
     }
-    let info = pkcs8::PrivateKeyInfo::from_der(der).map_err(|_| TlsError::UnsupportedPrivateKey)?;
-    let inner = info.private_key;
+    let info = pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|_| TlsError::UnsupportedPrivateKey)?;
+    let inner = info.private_key.as_bytes();
     if info.algorithm.oid == RSA_ENCRYPTION_OID {
-        pkcs1::RsaPrivateKey::from_der(inner).map_err(|_| TlsError::UnsupportedPrivateKey)?;
+        pkcs1::RsaPrivateKeyRef::from_der(inner).map_err(|_| TlsError::UnsupportedPrivateKey)?;
         return Ok(("RSA PRIVATE KEY", inner.to_vec()));
     }
     if info.algorithm.oid == EC_PUBLIC_KEY_OID {
