@@ -68,3 +68,9 @@ SOAK_OUTAGE_SECS ?= 60
 soak: tools
 	SOAK_ROTATIONS=$(SOAK_ROTATIONS) SOAK_OUTAGE_SECS=$(SOAK_OUTAGE_SECS) \
 	  $(CARGO) test -p secrets-store --locked --test faults -- --nocapture --test-threads 1
+
+## bench: the benchmark runner (crates/bench) in release mode on the real test cluster; rewrites the
+## generated block of BENCHMARKS.md and docs/bench/bench.png. Not part of make test (its smoke test is).
+bench: tools
+	$(CARGO) build --release --locked -p secrets-store -p secrets-store-bench
+	target/release/secrets-store-bench --write .

@@ -1,0 +1,176 @@
+//! What the scenarios mount: one tenant = a namespace, an AWS account with N secrets, a
+//! ServiceAccount annotated with a role, a SecretProviderClass listing the secrets, and pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::storage::v1::CSIDriver;
+use kube::api::{Api, ObjectMeta, PostParams};
+use secrets_store_api::crd::SecretProviderClass;
+use secrets_store_testenv::{AccountId, Cluster};
+
+/// The driver name kubelet uses.
+pub const DRIVER: &str = "secrets-store.csi.k8s.io";
+/// The volume name in the benchmark pods.
+pub const VOLUME: &str = "secrets";
+/// The ServiceAccount the pods run as.
+pub const SERVICE_ACCOUNT: &str = "bench-sa";
+/// The SecretProviderClass the pods mount.
+pub const CLASS: &str = "bench-class";
+
+/// One namespace + AWS account worth of benchmark objects.
+#[derive(Debug)]
+pub struct Tenant {
+    /// The namespace.
+    pub namespace: String,
+    /// The emulated AWS account holding the secrets.
+    pub account: AccountId,
+    /// Names of the Secrets Manager secrets the class lists.
+    pub secrets: Vec<String>,
+}
+
+/// Creates the cluster-wide CSIDriver object as both charts do with rotation on.
+pub async fn ensure_csi_driver(cluster: &Cluster) -> anyhow::Result<()> {
+    let api: Api<CSIDriver> = Api::all(cluster.client());
+    let driver: CSIDriver = serde_json::from_value(serde_json::json!({
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "CSIDriver",
+        "metadata": {"name": DRIVER},
+        "spec": {
+            "attachRequired": false,
+            "podInfoOnMount": true,
+            "requiresRepublish": true,
+            "volumeLifecycleModes": ["Ephemeral"],
+            "tokenRequests": [{"audience": "sts.amazonaws.com"}],
+        }
+    }))?;
+    match api.create(&PostParams::default(), &driver).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates a tenant whose class lists `n_secrets` Secrets Manager secrets.
+pub async fn tenant(cluster: &Cluster, prefix: &str, n_secrets: usize) -> anyhow::Result<Tenant> {
+    let namespace = cluster.new_namespace(prefix).await;
+    let moto = cluster.moto();
+    let account = moto.new_account();
+    let sm = moto.sm_client(&account);
+    let mut secrets = Vec::new();
+    for i in 0..n_secrets {
+        let name = format!("bench-secret-{i}");
+        sm.create_secret()
+            .name(&name)
+            .secret_string(format!("benchmark-value-{i}"))
+            .send()
+            .await?;
+        secrets.push(name);
+    }
+    let client = cluster.client();
+    let pp = PostParams::default();
+    let sa = ServiceAccount {
+        metadata: ObjectMeta {
+            name: Some(SERVICE_ACCOUNT.into()),
+            annotations: Some(BTreeMap::from([(
+                "eks.amazonaws.com/role-arn".to_string(),
+                account.role_arn("bench-role"),
+            )])),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+        .create(&pp, &sa)
+        .await?;
+    Api::<SecretProviderClass>::namespaced(client, &namespace)
+        .create(&pp, &class(CLASS, &secrets)?)
+        .await?;
+    Ok(Tenant {
+        namespace,
+        account,
+        secrets,
+    })
+}
+
+/// A SecretProviderClass for the AWS provider listing `secrets`.
+pub fn class(name: &str, secrets: &[String]) -> anyhow::Result<SecretProviderClass> {
+    let objects: String = secrets
+        .iter()
+        .map(|s| format!("- objectName: \"{s}\"\n  objectType: \"secretsmanager\"\n"))
+        .collect();
+    let value = serde_json::json!({
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClass",
+        "metadata": {"name": name},
+        "spec": {"provider": "aws", "parameters": {"objects": objects}},
+    });
+    Ok(serde_json::from_value(value)?)
+}
+
+/// A pod on the test node mounting the tenant's class (already bound: the scheduler is not
+/// part of what is measured).
+pub fn pod(name: &str, node: &str) -> anyhow::Result<Pod> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": SERVICE_ACCOUNT,
+            "volumes": [{
+                "name": VOLUME,
+                "csi": {
+                    "driver": DRIVER,
+                    "readOnly": true,
+                    "volumeAttributes": {"secretProviderClass": CLASS},
+                },
+            }],
+            "containers": [{
+                "name": "app",
+                "image": "registry.invalid/app:1",
+                "volumeMounts": [{"name": VOLUME, "mountPath": "/mnt/secrets-store", "readOnly": true}],
+            }],
+        },
+    }))?)
+}
+
+/// The `csi.storage.k8s.io/serviceAccount.tokens` value kubelet passes for `pod`: a token for
+/// the `sts.amazonaws.com` audience bound to the pod.
+pub async fn tokens_attribute(cluster: &Cluster, pod: &Pod) -> anyhow::Result<String> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let sas: Api<ServiceAccount> = Api::namespaced(cluster.client(), &ns);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec!["sts.amazonaws.com".into()],
+            expiration_seconds: Some(3600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..Default::default()
+    };
+    let issued = sas
+        .create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &request)
+        .await?;
+    let status = issued
+        .status
+        .ok_or_else(|| anyhow::anyhow!("TokenRequest returned no status"))?;
+    Ok(serde_json::json!({ "sts.amazonaws.com": status }).to_string())
+}
+
+/// Sum of `apiserver_request_total` over all label sets, read from the apiserver's `/metrics`
+/// with the admin client: every request any client made so far.
+pub async fn apiserver_requests(cluster: &Cluster) -> anyhow::Result<f64> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = cluster.client().request_text(request).await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}

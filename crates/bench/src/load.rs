@@ -1,0 +1,243 @@
+//! Scenarios 2, 3 and 5: a burst of pods through the kubelet simulator, steady rotation of the
+//! same pods, and a cluster filled with unrelated objects.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use secrets_store_api::crd::SecretProviderClass;
+use secrets_store_testenv::Cluster;
+use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
+
+use crate::fixtures::{self, DRIVER, Tenant};
+use crate::procfs;
+use crate::stack::RunningStack;
+
+/// What the runner counts around a scenario: AWS calls per action, apiserver requests and the
+/// stack's CPU time.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// AWS calls per action seen at the counting proxy.
+    pub aws: BTreeMap<String, u64>,
+    /// `apiserver_request_total`, all clients.
+    pub api_requests: f64,
+    /// CPU seconds of the stack's processes.
+    pub cpu: Duration,
+}
+
+impl Counters {
+    /// Reads the counters now.
+    pub async fn read(cluster: &Cluster, stack: &RunningStack) -> anyhow::Result<Self> {
+        Ok(Self {
+            aws: cluster.moto().calls(),
+            api_requests: fixtures::apiserver_requests(cluster).await?,
+            cpu: procfs::cpu_time_sum(&stack.pids())?,
+        })
+    }
+
+    /// `later - self`.
+    pub fn delta(&self, later: &Self) -> Self {
+        Self {
+            aws: calls_delta(&self.aws, &later.aws),
+            api_requests: later.api_requests - self.api_requests,
+            cpu: later.cpu.saturating_sub(self.cpu),
+        }
+    }
+
+    /// All AWS calls.
+    pub fn aws_total(&self) -> u64 {
+        self.aws.values().sum()
+    }
+}
+
+/// AWS calls per action between two readings of the counting proxy.
+pub fn calls_delta(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// Result of the burst.
+#[derive(Debug, Clone)]
+pub struct Burst {
+    /// From the first pod created until every volume is published.
+    pub wall: Duration,
+    /// Counters over the same span.
+    pub counters: Counters,
+}
+
+/// A kubelet simulator for the tenant's namespace talking to `stack`'s socket directly.
+pub fn kubelet(
+    cluster: &Cluster,
+    stack: &RunningStack,
+    tenant: &Tenant,
+    republish: Duration,
+) -> KubeletSim {
+    let mut config =
+        KubeletConfig::new(cluster.node_name(), &stack.kubelet_root, &tenant.namespace)
+            .with_csi_socket(DRIVER, &stack.socket);
+    config.plugin_registration = false;
+    config.bind_pending_pods = false;
+    config.republish_period = republish;
+    KubeletSim::start(cluster.client(), config)
+}
+
+async fn wait_published(sim: &KubeletSim, n: usize, stack: &RunningStack) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while sim.published().len() < n {
+        stack.check_running()?;
+        if Instant::now() > deadline {
+            let events: Vec<String> = sim
+                .events()
+                .iter()
+                .rev()
+                .take(5)
+                .map(|e| e.message.clone())
+                .collect();
+            anyhow::bail!(
+                "only {} of {n} volumes published after 10 min; last events: {events:?}",
+                sim.published().len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Scenario 2: creates `pods` pods at once and waits until the simulator published them all.
+/// The simulator is returned still running (republish period: one hour, i.e. never here).
+pub async fn burst(
+    cluster: &Cluster,
+    stack: &RunningStack,
+    tenant: &Tenant,
+    pods: usize,
+) -> anyhow::Result<(Burst, KubeletSim)> {
+    let sim = kubelet(cluster, stack, tenant, Duration::from_secs(3600));
+    let api: Api<Pod> = Api::namespaced(cluster.client(), &tenant.namespace);
+    let before = Counters::read(cluster, stack).await?;
+    let start = Instant::now();
+    stream::iter(0..pods)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let pod = fixtures::pod(&format!("burst-{i}"), cluster.node_name())?;
+                api.create(&PostParams::default(), &pod).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    wait_published(&sim, pods, stack).await?;
+    let wall = start.elapsed();
+    let after = Counters::read(cluster, stack).await?;
+    Ok((
+        Burst {
+            wall,
+            counters: before.delta(&after),
+        },
+        sim,
+    ))
+}
+
+/// Scenario 3: the burst's pods republished every `republish` for `run`, after the new
+/// simulator has re-published each once. Returns the counters over `run`.
+pub async fn rotation(
+    cluster: &Cluster,
+    stack: &RunningStack,
+    tenant: &Tenant,
+    pods: usize,
+    republish: Duration,
+    run: Duration,
+) -> anyhow::Result<Counters> {
+    let sim = kubelet(cluster, stack, tenant, republish);
+    wait_published(&sim, pods, stack).await?;
+    let before = Counters::read(cluster, stack).await?;
+    tokio::time::sleep(run).await;
+    stack.check_running()?;
+    let after = Counters::read(cluster, stack).await?;
+    clear(cluster, &sim, tenant).await?;
+    Ok(before.delta(&after))
+}
+
+/// Deletes the tenant's pods and waits until `sim` has unpublished their volumes, so no tmpfs
+/// mount outlives the run (dropping a simulator unpublishes nothing).
+pub async fn clear(cluster: &Cluster, sim: &KubeletSim, tenant: &Tenant) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::namespaced(cluster.client(), &tenant.namespace);
+    api.delete_collection(&DeleteParams::default(), &Default::default())
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !sim.published().is_empty() {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{} volumes still published 2 min after their pods were deleted",
+                sim.published().len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Scenario 5's load: `namespaces` namespaces holding `secrets` Secrets and `classes`
+/// SecretProviderClasses in total, created in parallel batches. Returns the namespace names.
+pub async fn fill(
+    cluster: &Cluster,
+    namespaces: usize,
+    secrets: usize,
+    classes: usize,
+) -> anyhow::Result<Vec<String>> {
+    let client = cluster.client();
+    let mut names = Vec::new();
+    for _ in 0..namespaces {
+        names.push(cluster.new_namespace("bench-fill").await);
+    }
+    let payload = "x".repeat(256);
+    let secret_jobs = (0..secrets).map(|i| {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &names[i % namespaces]);
+        let payload = payload.clone();
+        async move {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(format!("unrelated-{i}")),
+                    ..Default::default()
+                },
+                string_data: Some(BTreeMap::from([("data".to_string(), payload)])),
+                ..Default::default()
+            };
+            api.create(&PostParams::default(), &secret).await?;
+            anyhow::Ok(())
+        }
+        .boxed()
+    });
+    let class_jobs = (0..classes).map(|i| {
+        let api: Api<SecretProviderClass> = Api::namespaced(client.clone(), &names[i % namespaces]);
+        async move {
+            let spc = fixtures::class(&format!("unrelated-{i}"), &[format!("unrelated-{i}")])?;
+            api.create(&PostParams::default(), &spc).await?;
+            anyhow::Ok(())
+        }
+        .boxed()
+    });
+    stream::iter(secret_jobs.chain(class_jobs))
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(names)
+}
+
+/// Deletes the fill namespaces (kube-controller-manager removes their contents afterwards).
+pub async fn unfill(cluster: &Cluster, names: &[String]) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(cluster.client());
+    for n in names {
+        api.delete(n, &DeleteParams::default()).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! `secrets-store-bench`: measures our node agent (and the upstream Go pair when its binaries
+//! are installed) on the real test cluster, prints a markdown table and optionally writes
+//! `BENCHMARKS.md` and `docs/bench/bench.png`. See `BENCHMARKS.md` for the method.
+
+mod fixtures;
+mod latency;
+mod load;
+mod plot;
+mod procfs;
+mod report;
+mod results;
+mod stack;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use secrets_store_testenv::Cluster;
+
+use crate::latency::SingleMount;
+use crate::results::{Setup, StackResults};
+use crate::stack::{RunningStack, StackConfig, StackKind};
+
+/// Command-line options; the defaults are the published run.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Scenarios to run (3 needs 2's pods, so it runs 2 too; 4 and 6 ride along with 2 and 3).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
+    scenarios: Vec<u8>,
+    /// Timed publishes per stack in scenario 1 (and floor samples).
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
+    /// Pods in the burst.
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
+    /// Secrets in the burst's SecretProviderClass.
+    #[arg(long, default_value_t = 5)]
+    secrets: usize,
+    /// Real seconds of steady rotation (poll 2 s, republish 1 s: 60× the charts' 2m / 60 s).
+    #[arg(long, default_value_t = 60)]
+    rotation_seconds: u64,
+    /// Unrelated Secrets created for scenario 5.
+    #[arg(long, default_value_t = 10_000)]
+    fill_secrets: usize,
+    /// Unrelated SecretProviderClasses created for scenario 5.
+    #[arg(long, default_value_t = 1_000)]
+    fill_classes: usize,
+    /// Repository root: write `BENCHMARKS.md` and `docs/bench/bench.png` there.
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+/// Time scale of scenario 3: poll 2 s instead of 2 min, republish 1 s instead of 60 s.
+const TIME_SCALE: f64 = 60.0;
+/// Publishes before timing starts, so connections and caches are warm.
+const WARMUP: usize = 3;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let wants = |n: u8| args.scenarios.contains(&n);
+    let cluster = Cluster::shared();
+    fixtures::ensure_csi_driver(cluster).await?;
+    let cfg = StackConfig {
+        rotation_poll: "2s".into(),
+        namespace: cluster.new_namespace("bench-system").await,
+        aws_endpoint: cluster.moto().counting_endpoint(),
+    };
+
+    let mut stacks: Vec<RunningStack> = Vec::new();
+    let mut upstream_reason = None;
+    for kind in [StackKind::Ours, StackKind::Upstream] {
+        match stack::start(kind, cluster, &cfg) {
+            Ok(s) => stacks.push(s),
+            Err(reason) if kind == StackKind::Upstream => {
+                eprintln!("upstream stack {reason}");
+                upstream_reason = Some(reason);
+            }
+            Err(reason) => anyhow::bail!("our stack did not start: {reason}"),
+        }
+    }
+    let mut results: Vec<StackResults> = stacks.iter().map(|_| StackResults::default()).collect();
+
+    // Scenario 4, idle: settled after start, before any mount.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (s, r) in stacks.iter().zip(results.iter_mut()) {
+        r.mem_idle = Some(procfs::memory_sum(&s.pids())?);
+    }
+
+    let s1_tenant = fixtures::tenant(cluster, "bench-single", 1).await?;
+    let mut floor = Vec::new();
+    if wants(1) {
+        eprintln!(
+            "scenario 1: {} publishes per stack, alternating stacks",
+            args.iterations
+        );
+        let mut mounts = Vec::new();
+        for s in &stacks {
+            let mut m = SingleMount::new(
+                cluster,
+                &s1_tenant,
+                s,
+                &format!("single-{}", s.kind.label()),
+            )
+            .await?;
+            for _ in 0..WARMUP {
+                m.cycle().await?;
+            }
+            mounts.push(m);
+        }
+        let calls_before = cluster.moto().calls();
+        // A B A B …: machine noise lands on both columns alike.
+        for _ in 0..args.iterations {
+            for (m, r) in mounts.iter_mut().zip(results.iter_mut()) {
+                r.latencies.push(m.cycle().await?);
+            }
+        }
+        // The emulator cannot tell the stacks apart, so calls are attributed only to a lone stack.
+        if let [r] = results.as_mut_slice() {
+            r.single_calls = Some(load::calls_delta(&calls_before, &cluster.moto().calls()));
+        }
+        floor = latency::floor(cluster, &s1_tenant, &cfg.aws_endpoint, args.iterations).await?;
+    }
+
+    if wants(2) || wants(3) {
+        for (s, r) in stacks.iter().zip(results.iter_mut()) {
+            eprintln!(
+                "scenario 2 ({}): burst of {} pods",
+                s.kind.label(),
+                args.pods
+            );
+            let tenant = fixtures::tenant(
+                cluster,
+                &format!("bench-burst-{}", s.kind.label()),
+                args.secrets,
+            )
+            .await?;
+            let (burst, sim) = load::burst(cluster, s, &tenant, args.pods).await?;
+            r.burst = Some(burst);
+            r.mem_after_burst = Some(procfs::memory_sum(&s.pids())?);
+            if !wants(3) {
+                load::clear(cluster, &sim, &tenant).await?;
+            }
+            // Scenario 3 starts its own simulator (republishing every second) on the same pods.
+            drop(sim);
+            if wants(3) {
+                eprintln!(
+                    "scenario 3 ({}): rotation for {} s",
+                    s.kind.label(),
+                    args.rotation_seconds
+                );
+                let counters = load::rotation(
+                    cluster,
+                    s,
+                    &tenant,
+                    args.pods,
+                    Duration::from_secs(1),
+                    Duration::from_secs(args.rotation_seconds),
+                )
+                .await?;
+                r.rotation = Some(counters);
+                r.mem_after_rotation = Some(procfs::memory_sum(&s.pids())?);
+            }
+        }
+    }
+    let kinds: Vec<StackKind> = stacks.iter().map(|s| s.kind).collect();
+    drop(stacks);
+
+    if wants(5) {
+        eprintln!(
+            "scenario 5: fresh stacks, then {} Secrets and {} classes in other namespaces",
+            args.fill_secrets, args.fill_classes
+        );
+        let mut fresh = Vec::new();
+        for kind in &kinds {
+            let s = stack::start(*kind, cluster, &cfg).map_err(anyhow::Error::msg)?;
+            let mut m =
+                SingleMount::new(cluster, &s1_tenant, &s, &format!("scale-{}", kind.label()))
+                    .await?;
+            for _ in 0..5 {
+                m.cycle().await?;
+            }
+            fresh.push((s, m));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let empty: Vec<_> = fresh
+            .iter()
+            .map(|(s, _)| procfs::memory_sum(&s.pids()))
+            .collect::<Result<_, _>>()?;
+        let filled = load::fill(cluster, 10, args.fill_secrets, args.fill_classes).await?;
+        for (_, m) in fresh.iter_mut() {
+            for _ in 0..5 {
+                m.cycle().await?;
+            }
+        }
+        // Time for any watch or cache to take in the new objects.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        for (((s, _), e), r) in fresh.iter().zip(empty).zip(results.iter_mut()) {
+            r.scale = Some((e, procfs::memory_sum(&s.pids())?));
+        }
+        load::unfill(cluster, &filled).await?;
+    }
+
+    let setup = Setup {
+        pods: args.pods,
+        secrets: args.secrets,
+        rotation_run: Duration::from_secs(args.rotation_seconds),
+        time_scale: TIME_SCALE,
+        fill: (args.fill_secrets, args.fill_classes),
+    };
+    let upstream = match (
+        kinds.iter().position(|k| *k == StackKind::Upstream),
+        &upstream_reason,
+    ) {
+        (Some(i), _) => Ok(&results[i]),
+        (None, Some(reason)) => Err(reason.as_str()),
+        (None, None) => Err("not run"),
+    };
+    let rows = results::rows(&setup, &results[0], upstream, &floor);
+    let table = report::table(&rows);
+    println!("{table}");
+    if let Some(root) = &args.write {
+        write_outputs(
+            root,
+            &args,
+            &table,
+            &results,
+            &kinds,
+            &floor,
+            upstream_reason.as_deref(),
+        )?;
+    }
+    Ok(())
+}
+
+fn write_outputs(
+    root: &std::path::Path,
+    args: &Args,
+    table: &str,
+    results: &[StackResults],
+    kinds: &[StackKind],
+    floor: &[Duration],
+    upstream_reason: Option<&str>,
+) -> anyhow::Result<()> {
+    let dir = root.join("docs/bench");
+    std::fs::create_dir_all(&dir)?;
+    let latencies: Vec<(&str, Vec<Duration>)> = kinds
+        .iter()
+        .zip(results)
+        .map(|(k, r)| (k.label(), r.latencies.clone()))
+        .collect();
+    let ours = &results[0];
+    let mut calls = Vec::new();
+    if let Some(b) = &ours.burst {
+        calls.push(("2 burst", b.counters.aws_total() as f64));
+    }
+    if let Some(c) = &ours.rotation {
+        calls.push(("3 rotation, run", c.aws_total() as f64));
+    }
+    plot::draw(
+        &dir.join("bench.png"),
+        &latencies,
+        report::percentile(floor, 50.0),
+        &calls,
+    )?;
+    let path = root.join("BENCHMARKS.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let block = report::generated(&args_line(args), table, upstream_reason);
+    std::fs::write(&path, report::splice(&existing, &block))?;
+    Ok(())
+}
+
+fn args_line(args: &Args) -> String {
+    format!(
+        "secrets-store-bench --scenarios {} --iterations {} --pods {} --secrets {} \
+         --rotation-seconds {} --fill-secrets {} --fill-classes {}",
+        args.scenarios
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        args.iterations,
+        args.pods,
+        args.secrets,
+        args.rotation_seconds,
+        args.fill_secrets,
+        args.fill_classes
+    )
+}

@@ -1,0 +1,224 @@
+//! The stacks under test: how each is started on the test node, and what the runner needs to
+//! measure it (its CSI socket and the pids of its node-side processes).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use secrets_store_testenv::{Cluster, Proc, find_tool, tools_bin_dir};
+
+/// Which implementation a column measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackKind {
+    /// Our node agent with the built-in AWS provider (one process).
+    Ours,
+    /// Upstream `secrets-store-csi-driver` v1.6.0 + `secrets-store-csi-driver-provider-aws` 3.1.1.
+    Upstream,
+}
+
+impl StackKind {
+    /// Column title.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ours => "ours",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
+/// A started stack. Dropping it stops its processes.
+#[derive(Debug)]
+pub struct RunningStack {
+    /// Which stack this is.
+    pub kind: StackKind,
+    /// The CSI socket kubelet (and scenario 1) dials.
+    pub socket: PathBuf,
+    /// The node's kubelet root dir used with this stack.
+    pub kubelet_root: PathBuf,
+    procs: Vec<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl RunningStack {
+    /// Pids of every node-side process of the stack (memory and CPU are summed over them).
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
+
+    /// Fails if a process of the stack died.
+    pub fn check_running(&self) -> anyhow::Result<()> {
+        for p in &self.procs {
+            p.check_running()?;
+        }
+        Ok(())
+    }
+}
+
+/// How the stacks are configured: the same for both, as their charts would be set.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// Rotation poll interval passed to the driver (scaled down from the charts' 2m).
+    pub rotation_poll: String,
+    /// The agent's own namespace (rollout key of secret sync).
+    pub namespace: String,
+    /// The AWS endpoint the stack talks to (moto's counting proxy).
+    pub aws_endpoint: String,
+}
+
+/// Starts `kind`, or explains why it cannot run on this machine.
+pub fn start(
+    kind: StackKind,
+    cluster: &Cluster,
+    cfg: &StackConfig,
+) -> Result<RunningStack, String> {
+    match kind {
+        StackKind::Ours => start_ours(cluster, cfg).map_err(|e| format!("{e:#}")),
+        StackKind::Upstream => start_upstream(cluster, cfg),
+    }
+}
+
+/// Our binary: `$SECRETS_STORE_BIN`, else `secrets-store` next to this runner (cargo puts every
+/// binary of the workspace in the same profile dir; test executables live one level down).
+pub fn our_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("SECRETS_STORE_BIN").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("locating the runner: {e}"))?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("secrets-store");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} not found: build it first (`cargo build --release -p secrets-store` for `make bench`, \
+             `cargo build -p secrets-store` for the smoke test) or set SECRETS_STORE_BIN",
+            bin.display()
+        ))
+    }
+}
+
+fn start_ours(cluster: &Cluster, cfg: &StackConfig) -> anyhow::Result<RunningStack> {
+    let binary = our_binary().map_err(anyhow::Error::msg)?;
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("kubelet");
+    std::fs::create_dir_all(&root)?;
+    let socket = dir.path().join("csi.sock");
+    // An empty external-provider dir of its own: only the built-in AWS provider answers.
+    let providers = dir.path().join("providers");
+    std::fs::create_dir_all(&providers)?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("node")
+        .arg("--endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .args(["--node-id", cluster.node_name()])
+        .arg("--kubelet-dir")
+        .arg(&root)
+        .args(["--metrics-addr", "", "--healthz-addr", ""])
+        // kubelet's registration is not needed: the simulator is given the socket directly,
+        // as it is for the upstream driver.
+        .arg("--no-registration")
+        .arg("--provider-volume")
+        .arg(&providers)
+        .args(["--enable-secret-rotation", "--enable-secret-sync"])
+        .args(["--rotation-poll-interval", &cfg.rotation_poll])
+        .args(["--namespace", &cfg.namespace])
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL", &cfg.aws_endpoint);
+    let proc = cluster.spawn("bench-ours", cmd)?;
+    wait_for_socket(&proc, &socket)?;
+    Ok(RunningStack {
+        kind: StackKind::Ours,
+        socket,
+        kubelet_root: root,
+        procs: vec![proc],
+        _dir: dir,
+    })
+}
+
+/// Why the upstream pair cannot run here, or `None` when its binaries are installed.
+pub fn upstream_unavailable() -> Option<String> {
+    let missing: Vec<&str> = [
+        "secrets-store-csi-driver",
+        "secrets-store-csi-driver-provider-aws",
+    ]
+    .into_iter()
+    .filter(|t| find_tool(t).is_none())
+    .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "not available: {} missing in {} (`bash hack/tools.sh upstream-driver` / `ascp` fail: \
+             the Go module proxy answers 403 for both modules)",
+            missing.join(" and "),
+            tools_bin_dir().display()
+        )
+    })
+}
+
+/// The upstream pair as its charts run it: the driver with rotation on and the AWS provider on
+/// a socket in the driver's provider volume. Not exercised on the machine that wrote it (the
+/// binaries could not be built there); it only runs once both tools are installed.
+fn start_upstream(cluster: &Cluster, cfg: &StackConfig) -> Result<RunningStack, String> {
+    if let Some(reason) = upstream_unavailable() {
+        return Err(reason);
+    }
+    let run = || -> anyhow::Result<RunningStack> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path().join("kubelet");
+        let providers = dir.path().join("providers");
+        std::fs::create_dir_all(&root)?;
+        std::fs::create_dir_all(&providers)?;
+        let socket = dir.path().join("csi.sock");
+        let mut provider =
+            Command::new(tools_bin_dir().join("secrets-store-csi-driver-provider-aws"));
+        provider
+            .arg(format!("--provider-volume={}", providers.display()))
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ENDPOINT_URL", &cfg.aws_endpoint)
+            .env("KUBECONFIG", cluster.kubeconfig_path());
+        let provider = cluster.spawn("bench-upstream-provider", provider)?;
+        let mut driver = Command::new(tools_bin_dir().join("secrets-store-csi-driver"));
+        driver
+            .arg(format!("--endpoint=unix://{}", socket.display()))
+            .arg(format!("--nodeid={}", cluster.node_name()))
+            .arg(format!("--provider-volume={}", providers.display()))
+            .arg("--enable-secret-rotation=true")
+            .arg(format!("--rotation-poll-interval={}", cfg.rotation_poll))
+            .arg("--metrics-addr=127.0.0.1:0")
+            .env("KUBECONFIG", cluster.kubeconfig_path());
+        let driver = cluster.spawn("bench-upstream-driver", driver)?;
+        wait_for_socket(&driver, &socket)?;
+        wait_for_socket(&provider, &providers.join("aws.sock"))?;
+        Ok(RunningStack {
+            kind: StackKind::Upstream,
+            socket,
+            kubelet_root: root,
+            procs: vec![driver, provider],
+            _dir: dir,
+        })
+    };
+    run().map_err(|e| format!("upstream stack failed to start: {e:#}"))
+}
+
+fn wait_for_socket(proc: &Proc, socket: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        proc.check_running()?;
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    anyhow::bail!(
+        "{} never opened {}; log: {}",
+        proc.name(),
+        socket.display(),
+        proc.log_path().display()
+    )
+}

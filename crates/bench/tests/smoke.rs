@@ -1,0 +1,78 @@
+//! Smoke test of the benchmark runner: scenario 1 with a handful of iterations against our real
+//! node agent, the real test cluster and moto, so the runner cannot rot. It checks that the
+//! table has numbers, never how large they are (timings belong in the benchmark).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The agent binary the runner looks for next to itself (cargo puts all workspace binaries of a
+/// profile in one dir; `cargo test --workspace` builds it, `cargo test -p` alone does not).
+fn agent_binary(runner: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("SECRETS_STORE_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(runner)
+        .parent()
+        .expect("runner has a parent dir")
+        .join("secrets-store")
+}
+
+/// The milliseconds in a table cell such as `3.21 ms`.
+fn cell_ms(cell: &str) -> Option<f64> {
+    cell.trim().strip_suffix(" ms")?.parse().ok()
+}
+
+#[test]
+fn scenario_1_prints_a_table_with_numbers() {
+    let runner = env!("CARGO_BIN_EXE_secrets-store-bench");
+    let agent = agent_binary(runner);
+    assert!(
+        agent.exists(),
+        "{} is missing: build the agent first (`cargo build -p secrets-store`; \
+         `cargo test --workspace` does it) or set SECRETS_STORE_BIN",
+        agent.display()
+    );
+    let out = Command::new(runner)
+        .args(["--scenarios", "1", "--iterations", "5"])
+        .output()
+        .expect("running secrets-store-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "secrets-store-bench failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 1 "))
+        .map(|l| l.split('|').map(str::trim).collect())
+        .collect();
+    // Cells: "", scenario, metric, ours, upstream, target, "".
+    let ours = |metric: &str| {
+        rows.iter()
+            .find(|r| r.get(2).is_some_and(|m| m.starts_with(metric)))
+            .and_then(|r| r.get(3).copied())
+            .unwrap_or_else(|| panic!("no row {metric:?} in:\n{stdout}"))
+    };
+    for metric in [
+        "NodePublishVolume p50",
+        "NodePublishVolume p99",
+        "physical floor p50",
+    ] {
+        let cell = ours(metric);
+        let value = cell_ms(cell).unwrap_or_else(|| panic!("{metric}: {cell:?} is not in ms"));
+        assert!(value > 0.0, "{metric}: {value} ms");
+    }
+    let ratio = ours("p50 ÷ floor");
+    let ratio: f64 = ratio
+        .strip_suffix('×')
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("p50 ÷ floor: {ratio:?} is not a ratio"));
+    assert!(ratio > 0.0);
+    // The upstream column says why it is empty, or holds a figure.
+    assert!(
+        rows.iter().all(|r| r.get(4).is_some_and(|u| !u.is_empty())),
+        "empty upstream cell in:\n{stdout}"
+    );
+}
