@@ -15,7 +15,7 @@ export AWS_EC2_METADATA_DISABLED := true
 test: tools lint deny
 	$(CARGO) test --workspace --all-targets --locked
 
-## tools: build/cache the real test peers (etcd, kube-apiserver, kube-controller-manager, moto, csi-sanity, ASCP)
+## tools: build/cache the real test peers (etcd, kube-apiserver, kube-controller-manager, moto, csi-sanity, helm, cargo-deny)
 tools:
 	bash hack/tools.sh core
 
@@ -26,13 +26,13 @@ lint:
 build:
 	$(CARGO) build --workspace --locked
 
-## crds: regenerate deploy/crds from the Rust types
+## crds: regenerate deploy/crds and the chart's copy from the Rust types
 crds:
 	$(CARGO) run -q -p secrets-store -- crds --out-dir deploy/crds
+	$(CARGO) run -q -p secrets-store -- crds --out-dir charts/secrets-store-rs/crds
 
 ## demo: the seed walk-through end to end on a local cluster, then tear it down
 demo: tools
-	bash hack/tools.sh helm
 	$(CARGO) build -q -p secrets-store --locked
 	$(CARGO) run -q -p secrets-store --example demo --locked
 
