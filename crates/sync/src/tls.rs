@@ -71,7 +71,8 @@ fn normalize_private_key(der: &[u8]) -> Result<(&'static str, Vec<u8>), TlsError
     if sec1::EcPrivateKey::from_der(der).is_ok() {
         return Ok(("EC PRIVATE KEY", der.to_vec()));
     }
-    let info = pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|_| TlsError::UnsupportedPrivateKey)?;
+    let info =
+        pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|_| TlsError::UnsupportedPrivateKey)?;
     let inner = info.private_key.as_bytes();
     if info.algorithm.oid == RSA_ENCRYPTION_OID {
         pkcs1::RsaPrivateKeyRef::from_der(inner).map_err(|_| TlsError::UnsupportedPrivateKey)?;
