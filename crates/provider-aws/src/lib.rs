@@ -11,6 +11,7 @@ pub mod coalesce;
 pub mod dry_run;
 pub mod errors;
 pub mod fetch;
+pub mod file_names;
 pub mod identity;
 pub mod metrics;
 mod mount;

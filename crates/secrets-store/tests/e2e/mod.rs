@@ -411,3 +411,14 @@ impl World {
             .collect()
     }
 }
+
+impl Drop for World {
+    /// A test that ends with pods still mounted must not leave tmpfs mounts behind on the
+    /// machine: stop the kubelet, then detach whatever is still mounted under this world's dir.
+    fn drop(&mut self) {
+        self.kubelet.stop();
+        for mount in self.mounts_under_root() {
+            let _ = nix::mount::umount2(mount.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
