@@ -12,9 +12,11 @@ use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
 use secrets_store_api::crd::SecretProviderClass;
 use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
-use secrets_store_testenv::{Cluster, node_agent};
+use secrets_store_testenv::{Cluster, eventually, node_agent};
 
 const RELEASE: &str = "secrets-store";
+/// How long each step may take to converge.
+const CONVERGE: Duration = Duration::from_secs(120);
 const DEPLOYMENT: &str = "csi-secret-driver-test-nginx-deployment";
 
 fn step(n: u32, text: &str) {
@@ -27,21 +29,6 @@ fn repo() -> PathBuf {
 
 fn seed(name: &str) -> String {
     std::fs::read_to_string(repo().join("examples/seed").join(name)).expect("examples/seed file")
-}
-
-async fn wait<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 fn helm(cluster: &Cluster, args: &[&str]) {
@@ -59,7 +46,7 @@ fn helm(cluster: &Cluster, args: &[&str]) {
 }
 
 async fn running_pods(pods: &Api<Pod>, n: usize) -> Vec<Pod> {
-    wait(&format!("{n} running pods"), || async {
+    eventually(CONVERGE, &format!("{n} running pods"), || async {
         let all = pods.list(&ListParams::default()).await.ok()?.items;
         let running: Vec<Pod> = all
             .iter()
@@ -270,7 +257,7 @@ async fn main() {
         .send()
         .await
         .unwrap();
-    wait("the synced Secret to rotate", || async {
+    eventually(CONVERGE, "the synced Secret to rotate", || async {
         (secret_value(&secrets, "foosecret", "SECRET_API_KEY")
             .await
             .as_deref()
@@ -282,7 +269,7 @@ async fn main() {
         "Secret foosecret now has SECRET_API_KEY=rotated-value; the opted-in Deployment rolls"
     );
     let old: Vec<_> = running.iter().map(|p| p.metadata.uid.clone()).collect();
-    let fresh = wait("new pods after the rollout", || async {
+    let fresh = eventually(CONVERGE, "new pods after the rollout", || async {
         let pods = running_pods(&pods, 3).await;
         pods.iter()
             .all(|p| !old.contains(&p.metadata.uid))
@@ -310,7 +297,7 @@ async fn main() {
         )
         .await
         .unwrap();
-    wait("foosecret to be garbage-collected", || async {
+    eventually(CONVERGE, "foosecret to be garbage-collected", || async {
         secrets
             .get_opt("foosecret")
             .await
@@ -319,7 +306,7 @@ async fn main() {
             .then_some(())
     })
     .await;
-    wait("volumes unpublished", || async {
+    eventually(CONVERGE, "volumes unpublished", || async {
         kubelet.published_targets().is_empty().then_some(())
     })
     .await;

@@ -23,6 +23,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use secrets_store_testenv::Cluster;
+use secrets_store_testenv::eventually;
 use serde::Deserialize;
 
 const REGENERATE: &str = "UPDATE_GOLDEN=1 cargo test -p secrets-store --test helm_chart";
@@ -558,23 +559,8 @@ fn helm_install(cluster: &Cluster, ns: &str, sets: &str) {
     helm(&args);
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
+/// How long the chart tests wait for the cluster to converge.
+const CONVERGE: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn seed_file(name: &str) -> String {
     let path = repo_root().join("examples/seed").join(name);
@@ -659,17 +645,21 @@ async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
     deployments.create(&pp, &deploy).await.unwrap();
 
     let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
-    let running = eventually("3 running pods with their volume published", || async {
-        agent
-            .check_running()
-            .unwrap_or_else(|e| panic!("the agent exited: {e}"));
-        let list = pods.list(&ListParams::default()).await.ok()?.items;
-        let running: Vec<Pod> = list
-            .into_iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .collect();
-        (running.len() == 3).then_some(running)
-    })
+    let running = eventually(
+        CONVERGE,
+        "3 running pods with their volume published",
+        || async {
+            agent
+                .check_running()
+                .unwrap_or_else(|e| panic!("the agent exited: {e}"));
+            let list = pods.list(&ListParams::default()).await.ok()?.items;
+            let running: Vec<Pod> = list
+                .into_iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .collect();
+            (running.len() == 3).then_some(running)
+        },
+    )
     .await;
     for pod in &running {
         let uid = pod.metadata.uid.clone().unwrap();
@@ -681,7 +671,7 @@ async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
     // Secret sync through the chart's sync RBAC: the seed's `foosecret`, and the env var the
     // seed's container reads from it.
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
-    let synced = eventually("the synced Secret foosecret", || async {
+    let synced = eventually(CONVERGE, "the synced Secret foosecret", || async {
         secrets.get_opt("foosecret").await.ok().flatten()
     })
     .await;
@@ -748,7 +738,7 @@ async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
     pods.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
         .unwrap();
-    eventually("every volume unpublished", || async {
+    eventually(CONVERGE, "every volume unpublished", || async {
         kubelet.published_targets().is_empty().then_some(())
     })
     .await;

@@ -22,6 +22,26 @@ pub use moto::{AccountId, Moto};
 pub use process::Proc;
 pub use tools::{TOOLS_BIN_ENV, find_tool, require, tool, tools_bin_dir};
 
+/// Polls `check` every 200 ms until it returns `Some`, and panics naming `what` after `timeout`
+/// (tests wait for the cluster to converge this way, never with fixed sleeps).
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Errors while starting or talking to the harness components.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
