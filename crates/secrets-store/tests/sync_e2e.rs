@@ -91,19 +91,7 @@ async fn seed_walkthrough_sync_rotation_and_garbage_collection() {
     // Rotation: the new value reaches the file and the Secret within interval + republish.
     put_secret(&world, "rotated").await;
     let pod = &pods[0];
-    eventually(WAIT, "rotated file", || async {
-        (world.file(pod, "CSI-driver-test-secret").as_deref() == Some("rotated")).then_some(())
-    })
-    .await;
-    eventually(WAIT, "rotated Secret", || async {
-        (world
-            .secret_value("foosecret", "SECRET_API_KEY")
-            .await
-            .as_deref()
-            == Some("rotated"))
-        .then_some(())
-    })
-    .await;
+    wait_for_value(&world, pod, "rotated").await;
 
     // Someone deletes the synced Secret: it is restored from the mounted files.
     Api::<k8s_openapi::api::core::v1::Secret>::namespaced(world.cluster.client(), &world.namespace)
@@ -250,16 +238,21 @@ async fn failed_rotation_keeps_last_good_content_and_recovers() {
         .send()
         .await
         .unwrap();
-    eventually(WAIT, "recovered file", || async {
-        (world.file(pod, "CSI-driver-test-secret").as_deref() == Some("back")).then_some(())
+    wait_for_value(&world, pod, "back").await;
+}
+
+/// Waits until `pod`'s mounted secret file and the synced `foosecret` both hold `value`.
+async fn wait_for_value(world: &World, pod: &Pod, value: &str) {
+    eventually(WAIT, &format!("the file to hold {value:?}"), || async {
+        (world.file(pod, "CSI-driver-test-secret").as_deref() == Some(value)).then_some(())
     })
     .await;
-    eventually(WAIT, "recovered Secret", || async {
+    eventually(WAIT, &format!("foosecret to hold {value:?}"), || async {
         (world
             .secret_value("foosecret", "SECRET_API_KEY")
             .await
             .as_deref()
-            == Some("back"))
+            == Some(value))
         .then_some(())
     })
     .await;
@@ -344,20 +337,10 @@ async fn a_bare_pods_secret_goes_with_the_pod() {
     let role = world.seed_aws("secretkey").await;
     let client = world.cluster.client();
     // The ServiceAccount and class of the seed, but a bare pod instead of the Deployment.
-    let pp = kube::api::PostParams::default();
-    let sa: k8s_openapi::api::core::v1::ServiceAccount =
-        serde_yaml::from_str(&e2e::seed_file("serviceaccount.yaml").replace("ROLE_ARN", &role))
-            .unwrap();
-    Api::namespaced(client.clone(), &world.namespace)
-        .create(&pp, &sa)
-        .await
-        .unwrap();
-    let spc: secrets_store_api::crd::SecretProviderClass =
-        serde_yaml::from_str(&e2e::seed_file("secretproviderclass.yaml")).unwrap();
-    Api::namespaced(client.clone(), &world.namespace)
-        .create(&pp, &spc)
-        .await
-        .unwrap();
+    world.apply_service_account(&role).await;
+    world
+        .apply_class(&e2e::seed_file("secretproviderclass.yaml"))
+        .await;
     world.bare_pod("lonely").await;
     let pods = world.running_pods(1).await;
     assert_eq!(
@@ -412,17 +395,10 @@ async fn two_classes_many_secret_objects_tls_and_jmespath() {
 
     let client = world.cluster.client();
     let pp = kube::api::PostParams::default();
-    let sa: k8s_openapi::api::core::v1::ServiceAccount =
-        serde_yaml::from_str(&e2e::seed_file("serviceaccount.yaml").replace("ROLE_ARN", &role))
-            .unwrap();
-    Api::namespaced(client.clone(), &world.namespace)
-        .create(&pp, &sa)
-        .await
-        .unwrap();
-    let classes: Api<secrets_store_api::crd::SecretProviderClass> =
-        Api::namespaced(client.clone(), &world.namespace);
-    let db_class = serde_yaml::from_str(
-        r#"
+    world.apply_service_account(&role).await;
+    world
+        .apply_class(
+            r#"
 metadata: {name: app-db}
 spec:
   provider: aws
@@ -448,11 +424,11 @@ spec:
     - {objectName: db-creds, key: raw.json}
     - {objectName: db-port, key: port}
 "#,
-    )
-    .unwrap();
-    classes.create(&pp, &db_class).await.unwrap();
-    let tls_class = serde_yaml::from_str(
-        r#"
+        )
+        .await;
+    world
+        .apply_class(
+            r#"
 metadata: {name: app-tls}
 spec:
   provider: aws
@@ -466,9 +442,8 @@ spec:
     - {objectName: tls-bundle, key: tls.crt}
     - {objectName: tls-bundle, key: tls.key}
 "#,
-    )
-    .unwrap();
-    classes.create(&pp, &tls_class).await.unwrap();
+        )
+        .await;
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "app"},
         "spec": {

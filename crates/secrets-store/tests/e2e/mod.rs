@@ -155,15 +155,9 @@ impl World {
 
     /// Like [`World::apply_seed`], with the class annotated with a synced Secret lifetime.
     pub async fn apply_seed_with_lifetime(&self, role_arn: &str, lifetime: Option<&str>) {
+        self.apply_service_account(role_arn).await;
         let client = self.cluster.client();
         let pp = PostParams::default();
-        let sa: ServiceAccount =
-            serde_yaml::from_str(&seed_file("serviceaccount.yaml").replace("ROLE_ARN", role_arn))
-                .unwrap();
-        Api::<ServiceAccount>::namespaced(client.clone(), &self.namespace)
-            .create(&pp, &sa)
-            .await
-            .unwrap();
         let mut spc: SecretProviderClass =
             serde_yaml::from_str(&seed_file("secretproviderclass.yaml")).unwrap();
         if let Some(lifetime) = lifetime {
