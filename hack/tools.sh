@@ -104,6 +104,68 @@ build_kube() {
   link "$name" "$dest/$name"
 }
 
+# The upstream driver, for the interop tests and the side-by-side benchmarks. The proxy here serves
+# sigs.k8s.io/secrets-store-csi-driver only by exact version (its version list answers 403, which is
+# what breaks `go install`), and refuses its logging helper monis.app/mlog outright. So the module
+# source is downloaded by version and built in place, with mlog replaced by a shim that does what the
+# driver's main needs of it: set klog's verbosity and report fatal errors. Nothing else changes.
+build_upstream_driver() {
+  local name=secrets-store-csi-driver dest="$TOOLS/secrets-store-csi-driver-$UPSTREAM_DRIVER_VERSION"
+  if [[ ! -x "$dest/$name" ]]; then
+    need_go; log "building $name $UPSTREAM_DRIVER_VERSION (upstream, for interop tests and benchmarks)"
+    local mod="sigs.k8s.io/secrets-store-csi-driver@$UPSTREAM_DRIVER_VERSION" dir
+    dir="$(go mod download -json "$mod" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+    [[ -d "$dir" ]] || { log "the Go module proxy did not serve $mod"; return 1; }
+    rm -rf "$dest/src"; mkdir -p "$dest"
+    cp -r "$dir" "$dest/src"; chmod -R u+w "$dest/src"
+    mkdir -p "$dest/src/.mlog-shim"
+    cat >"$dest/src/.mlog-shim/go.mod" <<'GO'
+module monis.app/mlog
+
+go 1.22
+GO
+    cat >"$dest/src/.mlog-shim/mlog.go" <<'GO'
+// Package mlog stands in for monis.app/mlog, which the Go module proxy here refuses; the driver
+// uses it only to set klog's level at start-up and to report a fatal error.
+package mlog
+
+import (
+	"context"
+	"flag"
+	"strconv"
+
+	"k8s.io/klog/v2"
+)
+
+type LogFormat string
+
+const (
+	FormatText LogFormat = "text"
+	FormatJSON LogFormat = "json"
+)
+
+func Setup() func() { return klog.Flush }
+
+func ValidateAndSetKlogLevelAndFormatGlobally(_ context.Context, level klog.Level, _ LogFormat) error {
+	if f := flag.Lookup("v"); f != nil {
+		return f.Value.Set(strconv.Itoa(int(level)))
+	}
+	return nil
+}
+
+func Error(msg string, err error, kv ...any) { klog.ErrorS(err, msg, kv...) }
+
+func Fatal(err error, kv ...any) { klog.ErrorS(err, "fatal", kv...); klog.FlushAndExit(klog.ExitFlushTimeout, 1) }
+GO
+    (cd "$dest/src" && go mod edit -replace=monis.app/mlog=./.mlog-shim \
+      && (cd .mlog-shim && GOFLAGS=-mod=mod go get k8s.io/klog/v2@v2.120.1 >/dev/null 2>&1) \
+      && GOFLAGS=-mod=mod go mod tidy >/dev/null 2>&1) || return 1
+    go_build "$dest/src" "$dest/$name" ./cmd/secrets-store-csi-driver \
+      "-X sigs.k8s.io/secrets-store-csi-driver/pkg/version.BuildVersion=$UPSTREAM_DRIVER_VERSION" || return 1
+  fi
+  link "$name" "$dest/$name"
+}
+
 # go_install NAME MODULE@VERSION PKG: build a Go tool without replace directives.
 go_install() {
   local name="$1" version="$2" pkg="$3" dest="$TOOLS/$1-$2"
@@ -151,8 +213,7 @@ build_one() {
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
     # The Go module proxy reachable from these machines answers 403 ("not available") for both
     # upstream modules, so interop tests and benchmarks against them cannot run here.
-    upstream-driver) go_install secrets-store-csi-driver "$UPSTREAM_DRIVER_VERSION" sigs.k8s.io/secrets-store-csi-driver/cmd/secrets-store-csi-driver \
-      || die "sigs.k8s.io/secrets-store-csi-driver is not served by the Go module proxy here (403): the upstream driver cannot be built on this machine" ;;
+    upstream-driver) build_upstream_driver || die "could not build sigs.k8s.io/secrets-store-csi-driver $UPSTREAM_DRIVER_VERSION" ;;
     ascp) go_install secrets-store-csi-driver-provider-aws "$ASCP_COMMIT" github.com/aws/secrets-store-csi-driver-provider-aws \
       || die "github.com/aws/secrets-store-csi-driver-provider-aws is not served by the Go module proxy here (403): ASCP cannot be built on this machine" ;;
     *) die "unknown tool '$1'" ;;
