@@ -31,7 +31,7 @@ impl Counters {
     /// Reads the counters now.
     pub async fn read(cluster: &Cluster, stack: &RunningStack) -> anyhow::Result<Self> {
         Ok(Self {
-            aws: cluster.moto().calls(),
+            aws: stack.aws.calls(),
             api_requests: fixtures::apiserver_requests(cluster).await?,
             cpu: procfs::cpu_time_sum(&stack.pids())?,
         })

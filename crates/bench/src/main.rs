@@ -14,11 +14,11 @@ mod stack;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use secrets_store_testenv::Cluster;
 
 use crate::latency::SingleMount;
-use crate::results::{Setup, StackResults};
+use crate::results::{Column, Setup, StackResults, Table};
 use crate::stack::{RunningStack, StackConfig, StackKind};
 
 /// Command-line options; the defaults are the published run.
@@ -46,6 +46,14 @@ struct Args {
     /// Unrelated SecretProviderClasses created for scenario 5.
     #[arg(long, default_value_t = 1_000)]
     fill_classes: usize,
+    /// Stacks to measure, in column order (ours always comes first).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "ours,upstream-driver,upstream-pair"
+    )]
+    stacks: Vec<StackKind>,
     /// Repository root: write `BENCHMARKS.md` and `docs/bench/bench.png` there.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -65,19 +73,20 @@ async fn main() -> anyhow::Result<()> {
     let cfg = StackConfig {
         rotation_poll: "2s".into(),
         namespace: cluster.new_namespace("bench-system").await,
-        aws_endpoint: cluster.moto().counting_endpoint(),
     };
 
     let mut stacks: Vec<RunningStack> = Vec::new();
-    let mut upstream_reason = None;
-    for kind in [StackKind::Ours, StackKind::Upstream] {
-        match stack::start(kind, cluster, &cfg) {
+    let mut skipped: Vec<(StackKind, String)> = Vec::new();
+    let mut kinds = vec![StackKind::Ours];
+    kinds.extend(args.stacks.iter().filter(|k| **k != StackKind::Ours));
+    for kind in kinds {
+        match stack::start(kind, cluster, &cfg).await {
             Ok(s) => stacks.push(s),
-            Err(reason) if kind == StackKind::Upstream => {
-                eprintln!("upstream stack {reason}");
-                upstream_reason = Some(reason);
+            Err(reason) if kind == StackKind::UpstreamPair => {
+                eprintln!("{reason}");
+                skipped.push((kind, reason));
             }
-            Err(reason) => anyhow::bail!("our stack did not start: {reason}"),
+            Err(reason) => anyhow::bail!(reason),
         }
     }
     let mut results: Vec<StackResults> = stacks.iter().map(|_| StackResults::default()).collect();
@@ -97,30 +106,26 @@ async fn main() -> anyhow::Result<()> {
         );
         let mut mounts = Vec::new();
         for s in &stacks {
-            let mut m = SingleMount::new(
-                cluster,
-                &s1_tenant,
-                s,
-                &format!("single-{}", s.kind.label()),
-            )
-            .await?;
+            let mut m =
+                SingleMount::new(cluster, &s1_tenant, s, &format!("single-{}", s.kind.slug()))
+                    .await?;
             for _ in 0..WARMUP {
                 m.cycle().await?;
             }
             mounts.push(m);
         }
-        let calls_before = cluster.moto().calls();
-        // A B A B …: machine noise lands on both columns alike.
+        let calls_before: Vec<_> = stacks.iter().map(|s| s.aws.calls()).collect();
+        // A B A B …: machine noise lands on every column alike.
         for _ in 0..args.iterations {
             for (m, r) in mounts.iter_mut().zip(results.iter_mut()) {
                 r.latencies.push(m.cycle().await?);
             }
         }
-        // The emulator cannot tell the stacks apart, so calls are attributed only to a lone stack.
-        if let [r] = results.as_mut_slice() {
-            r.single_calls = Some(load::calls_delta(&calls_before, &cluster.moto().calls()));
+        for ((s, before), r) in stacks.iter().zip(&calls_before).zip(results.iter_mut()) {
+            r.single_calls = Some(load::calls_delta(before, &s.aws.calls()));
         }
-        floor = latency::floor(cluster, &s1_tenant, &cfg.aws_endpoint, args.iterations).await?;
+        let counter = cluster.moto().new_call_counter().await?;
+        floor = latency::floor(cluster, &s1_tenant, counter.endpoint(), args.iterations).await?;
     }
 
     if wants(2) || wants(3) {
@@ -132,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
             );
             let tenant = fixtures::tenant(
                 cluster,
-                &format!("bench-burst-{}", s.kind.label()),
+                &format!("bench-burst-{}", s.kind.slug()),
                 args.secrets,
             )
             .await?;
@@ -174,9 +179,11 @@ async fn main() -> anyhow::Result<()> {
         );
         let mut fresh = Vec::new();
         for kind in &kinds {
-            let s = stack::start(*kind, cluster, &cfg).map_err(anyhow::Error::msg)?;
+            let s = stack::start(*kind, cluster, &cfg)
+                .await
+                .map_err(anyhow::Error::msg)?;
             let mut m =
-                SingleMount::new(cluster, &s1_tenant, &s, &format!("scale-{}", kind.label()))
+                SingleMount::new(cluster, &s1_tenant, &s, &format!("scale-{}", kind.slug()))
                     .await?;
             for _ in 0..5 {
                 m.cycle().await?;
@@ -209,29 +216,37 @@ async fn main() -> anyhow::Result<()> {
         time_scale: TIME_SCALE,
         fill: (args.fill_secrets, args.fill_classes),
     };
-    let upstream = match (
-        kinds.iter().position(|k| *k == StackKind::Upstream),
-        &upstream_reason,
-    ) {
-        (Some(i), _) => Ok(&results[i]),
-        (None, Some(reason)) => Err(reason.as_str()),
-        (None, None) => Err("not run"),
+    let table = Table {
+        setup: &setup,
+        columns: kinds
+            .iter()
+            .zip(&results)
+            .map(|(&kind, results)| Column { kind, results })
+            .collect(),
+        floor: &floor,
     };
-    let rows = results::rows(&setup, &results[0], upstream, &floor);
-    let table = report::table(&rows);
-    println!("{table}");
+    let text = report::table(&table.header(), &table.rows());
+    println!("{text}");
     if let Some(root) = &args.write {
-        write_outputs(
-            root,
-            &args,
-            &table,
-            &results,
-            &kinds,
-            &floor,
-            upstream_reason.as_deref(),
-        )?;
+        write_outputs(root, &args, &text, &results, &kinds, &floor, &skipped)?;
     }
     Ok(())
+}
+
+/// One sentence per stack: measured in this run, or why not.
+fn stacks_line(kinds: &[StackKind], skipped: &[(StackKind, String)]) -> String {
+    let measured: Vec<&str> = kinds.iter().map(|k| k.label()).collect();
+    let mut out = format!(
+        "Measured in this run, side by side (scenario 1 alternates the stacks): {}.",
+        measured.join(", ")
+    );
+    for (kind, reason) in skipped {
+        out.push_str(&format!(
+            " **{}** was not measured: {reason}.",
+            kind.label()
+        ));
+    }
+    out
 }
 
 fn write_outputs(
@@ -241,7 +256,7 @@ fn write_outputs(
     results: &[StackResults],
     kinds: &[StackKind],
     floor: &[Duration],
-    upstream_reason: Option<&str>,
+    skipped: &[(StackKind, String)],
 ) -> anyhow::Result<()> {
     let dir = root.join("docs/bench");
     std::fs::create_dir_all(&dir)?;
@@ -250,14 +265,19 @@ fn write_outputs(
         .zip(results)
         .map(|(k, r)| (k.label(), r.latencies.clone()))
         .collect();
-    let ours = &results[0];
-    let mut calls = Vec::new();
-    if let Some(b) = &ours.burst {
-        calls.push(("2 burst", b.counters.aws_total() as f64));
+    let mut calls: Vec<(String, f64)> = Vec::new();
+    for (k, r) in kinds.iter().zip(results) {
+        if let Some(b) = &r.burst {
+            calls.push((
+                format!("2 burst, {}", k.slug()),
+                b.counters.aws_total() as f64,
+            ));
+        }
+        if let Some(c) = &r.rotation {
+            calls.push((format!("3 rotation, {}", k.slug()), c.aws_total() as f64));
+        }
     }
-    if let Some(c) = &ours.rotation {
-        calls.push(("3 rotation, run", c.aws_total() as f64));
-    }
+    let calls: Vec<(&str, f64)> = calls.iter().map(|(l, n)| (l.as_str(), *n)).collect();
     plot::draw(
         &dir.join("bench.png"),
         &latencies,
@@ -266,7 +286,7 @@ fn write_outputs(
     )?;
     let path = root.join("BENCHMARKS.md");
     let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    let block = report::generated(&args_line(args), table, upstream_reason);
+    let block = report::generated(&args_line(args), table, &stacks_line(kinds, skipped));
     std::fs::write(&path, report::splice(&existing, &block))?;
     Ok(())
 }
@@ -274,7 +294,7 @@ fn write_outputs(
 fn args_line(args: &Args) -> String {
     format!(
         "secrets-store-bench --scenarios {} --iterations {} --pods {} --secrets {} \
-         --rotation-seconds {} --fill-secrets {} --fill-classes {}",
+         --rotation-seconds {} --fill-secrets {} --fill-classes {} --stacks {}",
         args.scenarios
             .iter()
             .map(u8::to_string)
@@ -285,6 +305,12 @@ fn args_line(args: &Args) -> String {
         args.secrets,
         args.rotation_seconds,
         args.fill_secrets,
-        args.fill_classes
+        args.fill_classes,
+        args.stacks
+            .iter()
+            .filter_map(|k| k.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect::<Vec<_>>()
+            .join(","),
     )
 }

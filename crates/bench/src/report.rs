@@ -10,12 +10,8 @@ pub struct Row {
     pub scenario: String,
     /// What is measured, with its unit.
     pub metric: String,
-    /// Our figure.
-    pub ours: String,
-    /// The upstream figure, or why there is none.
-    pub upstream: String,
-    /// Ratio ours ÷ upstream where both exist, and the target with its verdict.
-    pub target: String,
+    /// The cells after the metric, in the header's order.
+    pub cells: Vec<String>,
 }
 
 /// Percentile `p` (0–100) of `samples` by nearest rank.
@@ -39,16 +35,20 @@ pub fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// The markdown table.
-pub fn table(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "| scenario | metric | ours | upstream | ratio / target |\n|---|---|---|---|---|\n",
+/// The markdown table: "scenario | metric | <header…>".
+pub fn table(header: &[String], rows: &[Row]) -> String {
+    let mut out = format!(
+        "| scenario | metric | {} |\n|---|---|{}\n",
+        header.join(" | "),
+        "---|".repeat(header.len())
     );
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
-            r.scenario, r.metric, r.ours, r.upstream, r.target
+            "| {} | {} | {} |",
+            r.scenario,
+            r.metric,
+            r.cells.join(" | ")
         );
     }
     out
@@ -85,14 +85,10 @@ pub const BEGIN: &str =
 /// See [`BEGIN`].
 pub const END: &str = "<!-- bench:end -->";
 
-/// The generated block: date, machine, exact command, upstream status, table, plot.
-pub fn generated(command: &str, table: &str, upstream_reason: Option<&str>) -> String {
-    let upstream = match upstream_reason {
-        Some(r) => format!("The upstream column was **not measured**: {r}."),
-        None => "The upstream column was measured in the same run (stacks alternated).".into(),
-    };
+/// The generated block: date, machine, exact command, which stacks ran, table, plot.
+pub fn generated(command: &str, table: &str, stacks: &str) -> String {
     format!(
-        "{BEGIN}\n\nRun of {} UTC.\n\n### Machine\n\n{}\n### Command\n\n```\nmake bench\n# = cargo build --release -p secrets-store -p secrets-store-bench && \\\n#   target/release/{command} --write .\n```\n\n### Results\n\n{upstream}\n\n{table}\n![scenario 1 latency CDF and AWS calls per scenario](docs/bench/bench.png)\n\n{END}",
+        "{BEGIN}\n\nRun of {} UTC.\n\n### Machine\n\n{}\n### Command\n\n```\nmake bench\n# = cargo build --release -p secrets-store -p secrets-store-bench && \\\n#   target/release/{command} --write .\n```\n\n### Results\n\n{stacks}\n\n{table}\n![scenario 1 latency CDF and AWS calls per scenario](docs/bench/bench.png)\n\n{END}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M"),
         machine(),
     )
@@ -137,12 +133,14 @@ mod tests {
         let row = Row {
             scenario: "1".into(),
             metric: "p50".into(),
-            ours: "1 ms".into(),
-            upstream: "n/a".into(),
-            target: "-".into(),
+            cells: vec!["1 ms".into(), "2 ms".into(), "0.500×".into()],
         };
-        let t = table(&[row.clone(), row]);
+        let header = ["ours".into(), "theirs".into(), "ours ÷ theirs".into()];
+        let t = table(&header, &[row.clone(), row]);
         assert_eq!(t.lines().count(), 4);
-        assert!(t.contains("| 1 | p50 | 1 ms | n/a | - |"));
+        assert!(t.starts_with(
+            "| scenario | metric | ours | theirs | ours ÷ theirs |\n|---|---|---|---|---|\n"
+        ));
+        assert!(t.contains("| 1 | p50 | 1 ms | 2 ms | 0.500× |"));
     }
 }

@@ -1,4 +1,6 @@
-//! Per-stack results and the rows of the table built from them.
+//! Per-stack results and the rows of the table built from them: one value column per measured
+//! stack, one "ours ÷ X" column per other measured stack, and the issue's target, which is
+//! always stated against the upstream pair (driver + ASCP).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -6,8 +8,9 @@ use std::time::Duration;
 use crate::load::{Burst, Counters};
 use crate::procfs::Memory;
 use crate::report::{Row, mib, ms, percentile};
+use crate::stack::StackKind;
 
-/// The figures the issue compares against where no upstream run exists: its own estimate of
+/// The figures the issue compares against where no upstream pair ran: its own estimate of
 /// upstream's AWS traffic (one STS call + one read per secret, per pod, per mount or rotation).
 pub fn upstream_estimate(pods: usize, secrets: usize) -> f64 {
     (pods * (1 + secrets)) as f64
@@ -18,7 +21,7 @@ pub fn upstream_estimate(pods: usize, secrets: usize) -> f64 {
 pub struct StackResults {
     /// Scenario 1 publish latencies.
     pub latencies: Vec<Duration>,
-    /// AWS calls per action during scenario 1's timed publishes (only when one stack ran).
+    /// AWS calls per action during scenario 1's timed publishes.
     pub single_calls: Option<BTreeMap<String, u64>>,
     /// Scenario 2.
     pub burst: Option<Burst>,
@@ -56,259 +59,295 @@ impl Setup {
     }
 }
 
-/// Picks one figure out of a stack's results.
-type Pick<T> = fn(&StackResults) -> Option<T>;
+/// One measured stack's column.
+#[derive(Debug, Clone, Copy)]
+pub struct Column<'a> {
+    /// Which stack.
+    pub kind: StackKind,
+    /// What it measured.
+    pub results: &'a StackResults,
+}
 
-/// An upstream cell: its figure, or the reason there is none.
-pub type Upstream<'a> = Result<&'a StackResults, &'a str>;
+/// What the table says in the upstream pair's place when it did not run.
+#[derive(Debug, Clone)]
+pub struct Table<'a> {
+    /// The setup.
+    pub setup: &'a Setup,
+    /// Measured stacks; the first is ours.
+    pub columns: Vec<Column<'a>>,
+    /// Scenario 1's floor samples.
+    pub floor: &'a [Duration],
+}
 
-/// Builds the table rows.
-pub fn rows(
-    setup: &Setup,
-    ours: &StackResults,
-    upstream: Upstream<'_>,
-    floor: &[Duration],
-) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let na = |u: Upstream<'_>| match u {
-        Ok(_) => "-".to_string(),
-        Err(_) => "not available (Go proxy 403)".to_string(),
-    };
-    // "ratio / target" cell: the measured ratio when upstream ran, else the target only.
-    let ratio = |ours: f64, theirs: Option<f64>, target: f64, what: &str| match theirs {
-        Some(t) if t > 0.0 => {
-            let r = ours / t;
-            let verdict = if r <= target { "met" } else { "MISSED" };
-            format!("{r:.3}× (target ≤ {target}× {what}: {verdict})")
+/// A stack's figure for a metric, as a number (for ratios).
+type Value<'f> = Box<dyn Fn(&StackResults) -> Option<f64> + 'f>;
+/// How a stack's figure is printed (given the number the [`Value`] gave).
+type Show<'f> = Box<dyn Fn(&StackResults, f64) -> String + 'f>;
+
+/// A metric: its value per stack (as a number, for ratios), how to print it, and the issue's
+/// target ratio against the upstream pair, if it sets one.
+struct Metric<'f> {
+    scenario: String,
+    metric: String,
+    value: Value<'f>,
+    show: Show<'f>,
+    target: Option<f64>,
+    /// The issue's estimate of the upstream pair's figure, used when the pair did not run.
+    estimate: Option<f64>,
+}
+
+impl Table<'_> {
+    /// The header cells after "scenario | metric".
+    pub fn header(&self) -> Vec<String> {
+        let mut h: Vec<String> = self.columns.iter().map(|c| c.kind.label().into()).collect();
+        for c in self.others() {
+            h.push(format!("ours ÷ {}", c.kind.label()));
         }
-        _ => format!("target ≤ {target}× {what}: not measurable without upstream"),
-    };
-    let up = upstream.ok();
+        h.push("target (ours ÷ upstream pair)".into());
+        h
+    }
 
-    if !ours.latencies.is_empty() {
-        for (p, name) in [(50.0, "p50"), (99.0, "p99")] {
-            let o = percentile(&ours.latencies, p);
-            let t = up
-                .filter(|u| !u.latencies.is_empty())
-                .map(|u| percentile(&u.latencies, p));
-            rows.push(Row {
-                scenario: "1 single mount (warm)".into(),
+    fn ours(&self) -> &StackResults {
+        self.columns[0].results
+    }
+
+    fn others(&self) -> impl Iterator<Item = &Column<'_>> {
+        self.columns.iter().skip(1)
+    }
+
+    fn pair(&self) -> Option<&StackResults> {
+        self.columns
+            .iter()
+            .find(|c| c.kind == StackKind::UpstreamPair)
+            .map(|c| c.results)
+    }
+
+    fn row(&self, m: &Metric<'_>) -> Option<Row> {
+        let ours = (m.value)(self.ours())?;
+        let mut cells: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| match (m.value)(c.results) {
+                Some(v) => (m.show)(c.results, v),
+                None => "-".into(),
+            })
+            .collect();
+        for c in self.others() {
+            cells.push(match (m.value)(c.results) {
+                Some(t) if t > 0.0 => format!("{:.3}×", ours / t),
+                _ => "-".into(),
+            });
+        }
+        cells.push(match m.target {
+            None => "-".into(),
+            Some(target) => {
+                let verdict = |r: f64| if r <= target { "met" } else { "MISSED" };
+                match (self.pair().and_then(|p| (m.value)(p)), m.estimate) {
+                    (Some(t), _) if t > 0.0 => {
+                        let r = ours / t;
+                        format!("≤ {target}×: {r:.3}× {}", verdict(r))
+                    }
+                    (_, Some(e)) => {
+                        let r = ours / e;
+                        format!(
+                            "≤ {target}×: pair not measured; {r:.4}× the issue's estimate of it \
+                             ({e:.0}), {} vs that estimate",
+                            verdict(r)
+                        )
+                    }
+                    _ => format!("≤ {target}×: pair not measured"),
+                }
+            }
+        });
+        Some(Row {
+            scenario: m.scenario.clone(),
+            metric: m.metric.clone(),
+            cells,
+        })
+    }
+
+    /// Builds the table rows.
+    pub fn rows(&self) -> Vec<Row> {
+        let setup = self.setup;
+        let floor_p50 = percentile(self.floor, 50.0);
+        let mut metrics: Vec<Metric<'_>> = Vec::new();
+        let s1 = "1 single mount (warm)";
+        for p in [50.0, 99.0] {
+            metrics.push(Metric {
+                scenario: s1.into(),
                 metric: format!(
-                    "NodePublishVolume {name} ({} samples)",
-                    ours.latencies.len()
+                    "NodePublishVolume p{p:.0} ({} samples)",
+                    self.ours().latencies.len()
                 ),
-                ours: ms(o),
-                upstream: t.map(ms).unwrap_or_else(|| na(upstream)),
-                target: ratio(
-                    o.as_secs_f64(),
-                    t.map(|t| t.as_secs_f64()),
-                    0.25,
-                    "upstream",
-                ),
+                value: Box::new(move |r| {
+                    (!r.latencies.is_empty()).then(|| percentile(&r.latencies, p).as_secs_f64())
+                }),
+                show: Box::new(|_, v| ms(Duration::from_secs_f64(v))),
+                target: Some(0.25),
+                estimate: None,
             });
         }
-        if let Some(calls) = &ours.single_calls {
-            let total: u64 = calls.values().sum();
-            let detail = if calls.is_empty() {
-                "none".to_string()
-            } else {
-                calls
-                    .iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            rows.push(Row {
-                scenario: "1 single mount (warm)".into(),
-                metric: format!("AWS calls per timed publish ({detail})"),
-                ours: format!("{:.2}", total as f64 / ours.latencies.len() as f64),
-                upstream: na(upstream),
-                target: "-".into(),
-            });
-        }
-        let f = percentile(floor, 50.0);
-        rows.push(Row {
-            scenario: "1 single mount (warm)".into(),
-            metric: "physical floor p50 (tmpfs mount+umount + 1 GetSecretValue)".into(),
-            ours: ms(f),
-            upstream: "same floor".into(),
-            target: "-".into(),
+        metrics.push(Metric {
+            scenario: s1.into(),
+            metric: "AWS calls per timed publish".into(),
+            value: Box::new(|r| {
+                let calls = r.single_calls.as_ref()?;
+                Some(calls.values().sum::<u64>() as f64 / r.latencies.len().max(1) as f64)
+            }),
+            show: Box::new(|r, v| {
+                let detail = per_action(r.single_calls.as_ref().expect("value implies calls"));
+                format!("{v:.2} ({detail})")
+            }),
+            target: None,
+            estimate: None,
         });
-        let r = percentile(&ours.latencies, 50.0).as_secs_f64() / f.as_secs_f64().max(1e-9);
-        rows.push(Row {
-            scenario: "1 single mount (warm)".into(),
-            metric: "p50 ÷ floor".into(),
-            ours: format!("{r:.2}×"),
-            upstream: na(upstream),
-            target: format!("target ≤ 1.5×: {}", if r <= 1.5 { "met" } else { "MISSED" }),
+        metrics.push(Metric {
+            scenario: s1.into(),
+            metric: "physical floor p50 (tmpfs mount+umount + 1 GetSecretValue), same for all"
+                .into(),
+            value: Box::new(move |r| {
+                (!r.latencies.is_empty() && !self.floor.is_empty())
+                    .then_some(floor_p50.as_secs_f64())
+            }),
+            show: Box::new(|_, v| ms(Duration::from_secs_f64(v))),
+            target: None,
+            estimate: None,
         });
-    }
-    if let Some(b) = &ours.burst {
-        let tb = up.and_then(|u| u.burst.as_ref());
-        rows.push(Row {
-            scenario: format!("2 burst ({} pods, {} secrets)", setup.pods, setup.secrets),
+        metrics.push(Metric {
+            scenario: s1.into(),
+            metric: "p50 ÷ floor (target for ours ≤ 1.5×)".into(),
+            value: Box::new(move |r| {
+                (!r.latencies.is_empty() && !self.floor.is_empty()).then(|| {
+                    percentile(&r.latencies, 50.0).as_secs_f64() / floor_p50.as_secs_f64().max(1e-9)
+                })
+            }),
+            show: Box::new(|_, v| format!("{v:.2}×")),
+            target: None,
+            estimate: None,
+        });
+        let s2 = format!("2 burst ({} pods, {} secrets)", setup.pods, setup.secrets);
+        metrics.push(Metric {
+            scenario: s2.clone(),
             metric: "wall time until all mounted".into(),
-            ours: format!("{:.2} s", b.wall.as_secs_f64()),
-            upstream: tb
-                .map(|t| format!("{:.2} s", t.wall.as_secs_f64()))
-                .unwrap_or_else(|| na(upstream)),
-            target: ratio(
-                b.wall.as_secs_f64(),
-                tb.map(|t| t.wall.as_secs_f64()),
-                0.2,
-                "upstream",
-            ),
+            value: Box::new(|r| r.burst.as_ref().map(|b| b.wall.as_secs_f64())),
+            show: Box::new(|_, v| format!("{v:.2} s")),
+            target: Some(0.2),
+            estimate: None,
         });
-        let estimate = upstream_estimate(setup.pods, setup.secrets);
-        let calls = b.counters.aws_total() as f64;
-        rows.push(Row {
-            scenario: format!("2 burst ({} pods, {} secrets)", setup.pods, setup.secrets),
-            metric: format!("AWS calls ({})", per_action(&b.counters)),
-            ours: format!("{calls:.0}"),
-            upstream: tb
-                .map(|t| format!("{}", t.counters.aws_total()))
-                .unwrap_or_else(|| format!("{} (issue's estimate {estimate:.0})", na(upstream))),
-            target: match tb {
-                Some(t) => ratio(calls, Some(t.counters.aws_total() as f64), 0.02, "upstream"),
-                None => format!(
-                    "{:.4}× of the estimate (target ≤ 0.02×: {})",
-                    calls / estimate,
-                    if calls / estimate <= 0.02 {
-                        "met vs estimate"
-                    } else {
-                        "MISSED vs estimate"
-                    }
-                ),
-            },
+        metrics.push(Metric {
+            scenario: s2.clone(),
+            metric: "AWS calls".into(),
+            value: Box::new(|r| r.burst.as_ref().map(|b| b.counters.aws_total() as f64)),
+            show: Box::new(|r, v| {
+                let b = r.burst.as_ref().expect("value implies burst");
+                format!("{v:.0} ({})", per_action(&b.counters.aws))
+            }),
+            target: Some(0.02),
+            estimate: Some(upstream_estimate(setup.pods, setup.secrets)),
         });
-        rows.push(Row {
-            scenario: format!("2 burst ({} pods, {} secrets)", setup.pods, setup.secrets),
+        metrics.push(Metric {
+            scenario: s2,
             metric: "Kubernetes API requests (all clients incl. kubelet sim)".into(),
-            ours: format!("{:.0}", b.counters.api_requests),
-            upstream: tb
-                .map(|t| format!("{:.0}", t.counters.api_requests))
-                .unwrap_or_else(|| na(upstream)),
-            target: "-".into(),
+            value: Box::new(|r| r.burst.as_ref().map(|b| b.counters.api_requests)),
+            show: Box::new(|_, v| format!("{v:.0}")),
+            target: None,
+            estimate: None,
         });
-    }
-    if let Some(c) = &ours.rotation {
-        let per_hour = setup.per_simulated_hour(c.aws_total() as f64);
-        // Upstream with rotation every 2 min re-reads everything for every pod: 30 rotations/h.
-        let estimate = upstream_estimate(setup.pods, setup.secrets) * 30.0;
-        let tr = up.and_then(|u| u.rotation.as_ref());
-        let theirs = tr.map(|t| setup.per_simulated_hour(t.aws_total() as f64));
-        rows.push(Row {
+        metrics.push(Metric {
             scenario: "3 steady rotation".into(),
-            metric: format!("AWS calls per simulated hour ({})", per_action(c)),
-            ours: format!("{per_hour:.0}"),
-            upstream: theirs
-                .map(|t| format!("{t:.0}"))
-                .unwrap_or_else(|| format!("{} (issue's estimate {estimate:.0})", na(upstream))),
-            target: match theirs {
-                Some(t) => ratio(per_hour, Some(t), 0.02, "upstream"),
-                None => format!(
-                    "{:.4}× of the estimate (target ≤ 0.02×: {})",
-                    per_hour / estimate,
-                    if per_hour / estimate <= 0.02 {
-                        "met vs estimate"
-                    } else {
-                        "MISSED vs estimate"
-                    }
-                ),
-            },
+            metric: "AWS calls per simulated hour".into(),
+            value: Box::new(move |r| {
+                r.rotation
+                    .as_ref()
+                    .map(|c| setup.per_simulated_hour(c.aws_total() as f64))
+            }),
+            show: Box::new(|r, v| {
+                let c = r.rotation.as_ref().expect("value implies rotation");
+                format!("{v:.0} ({})", per_action(&c.aws))
+            }),
+            target: Some(0.02),
+            // Upstream re-reads everything for every pod on each 2-min rotation: 30 per hour.
+            estimate: Some(upstream_estimate(setup.pods, setup.secrets) * 30.0),
         });
-        rows.push(Row {
+        metrics.push(Metric {
             scenario: "3 steady rotation".into(),
             metric: "Kubernetes API requests per simulated hour (all clients)".into(),
-            ours: format!("{:.0}", setup.per_simulated_hour(c.api_requests)),
-            upstream: tr
-                .map(|t| format!("{:.0}", setup.per_simulated_hour(t.api_requests)))
-                .unwrap_or_else(|| na(upstream)),
-            target: "-".into(),
+            value: Box::new(move |r| {
+                r.rotation
+                    .as_ref()
+                    .map(|c| setup.per_simulated_hour(c.api_requests))
+            }),
+            show: Box::new(|_, v| format!("{v:.0}")),
+            target: None,
+            estimate: None,
         });
-    }
-    let mem_rows: [(&str, Pick<Memory>); 3] = [
-        ("idle", |r| r.mem_idle),
-        ("after 2", |r| r.mem_after_burst),
-        ("after 3", |r| r.mem_after_rotation),
-    ];
-    for (when, get) in mem_rows {
-        if let Some(m) = get(ours) {
-            let t = up.and_then(get);
-            rows.push(Row {
+        type Pick = fn(&StackResults) -> Option<Memory>;
+        let mem: [(&str, Pick); 3] = [
+            ("idle", |r| r.mem_idle),
+            ("after 2", |r| r.mem_after_burst),
+            ("after 3", |r| r.mem_after_rotation),
+        ];
+        for (when, get) in mem {
+            metrics.push(Metric {
                 scenario: "4 memory".into(),
-                metric: format!("RSS {when} (peak VmHWM)"),
-                ours: format!("{} ({})", mib(m.rss_kib), mib(m.hwm_kib)),
-                upstream: t
-                    .map(|t| format!("{} ({})", mib(t.rss_kib), mib(t.hwm_kib)))
-                    .unwrap_or_else(|| na(upstream)),
-                target: ratio(
-                    m.rss_kib as f64,
-                    t.map(|t| t.rss_kib as f64),
-                    0.25,
-                    "upstream",
-                ),
+                metric: format!("RSS {when}, all node-side processes (peak VmHWM)"),
+                value: Box::new(move |r| get(r).map(|m| m.rss_kib as f64)),
+                show: Box::new(move |r, _| {
+                    let m = get(r).expect("value implies memory");
+                    format!("{} ({})", mib(m.rss_kib), mib(m.hwm_kib))
+                }),
+                target: Some(0.25),
+                estimate: None,
             });
         }
-    }
-    if let Some((empty, loaded)) = ours.scale {
-        let change = (loaded.rss_kib as f64 / empty.rss_kib.max(1) as f64 - 1.0) * 100.0;
-        rows.push(Row {
+        metrics.push(Metric {
             scenario: format!(
                 "5 cluster size ({} Secrets, {} classes)",
                 setup.fill.0, setup.fill.1
             ),
-            metric: "RSS before → after filling the cluster".into(),
-            ours: format!(
-                "{} → {} ({change:+.1}%)",
-                mib(empty.rss_kib),
-                mib(loaded.rss_kib)
-            ),
-            upstream: up
-                .and_then(|u| u.scale)
-                .map(|(e, l)| format!("{} → {}", mib(e.rss_kib), mib(l.rss_kib)))
-                .unwrap_or_else(|| na(upstream)),
-            target: format!(
-                "flat within 10%: {}",
-                if change.abs() <= 10.0 {
-                    "met"
-                } else {
-                    "MISSED"
-                }
-            ),
+            metric: "RSS change after filling the cluster (target: flat within 10%)".into(),
+            value: Box::new(|r| {
+                r.scale
+                    .map(|(e, l)| (l.rss_kib as f64 / e.rss_kib.max(1) as f64 - 1.0) * 100.0)
+            }),
+            show: Box::new(|r, v| {
+                let (e, l) = r.scale.expect("value implies scale");
+                let verdict = if v.abs() <= 10.0 { "flat" } else { "NOT flat" };
+                format!(
+                    "{} → {} ({v:+.1}%, {verdict})",
+                    mib(e.rss_kib),
+                    mib(l.rss_kib)
+                )
+            }),
+            target: None,
+            estimate: None,
         });
-    }
-    let cpu_rows: [(&str, Pick<Duration>); 2] = [
-        ("during 2", |r| r.burst.as_ref().map(|b| b.counters.cpu)),
-        ("during 3 (the run)", |r| r.rotation.as_ref().map(|c| c.cpu)),
-    ];
-    for (when, get) in cpu_rows {
-        if let Some(c) = get(ours) {
-            let t = up.and_then(get);
-            rows.push(Row {
+        type Cpu = fn(&StackResults) -> Option<Duration>;
+        let cpu: [(&str, Cpu); 2] = [
+            ("during 2", |r| r.burst.as_ref().map(|b| b.counters.cpu)),
+            ("during 3 (the run)", |r| r.rotation.as_ref().map(|c| c.cpu)),
+        ];
+        for (when, get) in cpu {
+            metrics.push(Metric {
                 scenario: "6 CPU".into(),
                 metric: format!("CPU seconds {when}"),
-                ours: format!("{:.2} s", c.as_secs_f64()),
-                upstream: t
-                    .map(|t| format!("{:.2} s", t.as_secs_f64()))
-                    .unwrap_or_else(|| na(upstream)),
-                target: match t {
-                    Some(t) => format!("{:.3}×", c.as_secs_f64() / t.as_secs_f64().max(1e-9)),
-                    None => "-".into(),
-                },
+                value: Box::new(move |r| get(r).map(|d| d.as_secs_f64())),
+                show: Box::new(|_, v| format!("{v:.2} s")),
+                target: None,
+                estimate: None,
             });
         }
+        metrics.iter().filter_map(|m| self.row(m)).collect()
     }
-    rows
 }
 
-fn per_action(c: &Counters) -> String {
-    if c.aws.is_empty() {
+fn per_action(calls: &BTreeMap<String, u64>) -> String {
+    if calls.is_empty() {
         return "none".into();
     }
-    c.aws
+    calls
         .iter()
-        .map(|(k, v)| format!("{k}: {v}"))
+        .map(|(k, v)| format!("{}: {v}", k.rsplit('.').next().unwrap_or(k)))
         .collect::<Vec<_>>()
         .join(", ")
 }

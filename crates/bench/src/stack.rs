@@ -5,15 +5,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use secrets_store_testenv::{Cluster, Proc, find_tool, tools_bin_dir};
+use secrets_store_testenv::{CallCounter, Cluster, Proc, find_tool, tools_bin_dir};
 
 /// Which implementation a column measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StackKind {
     /// Our node agent with the built-in AWS provider (one process).
     Ours,
+    /// Upstream `secrets-store-csi-driver` v1.6.0 with our AWS provider (`secrets-store
+    /// provider-aws`) behind it over upstream's provider API: the issue's "third column". It
+    /// isolates the driver half, since both sides use the same provider.
+    UpstreamDriver,
     /// Upstream `secrets-store-csi-driver` v1.6.0 + `secrets-store-csi-driver-provider-aws` 3.1.1.
-    Upstream,
+    UpstreamPair,
 }
 
 impl StackKind {
@@ -21,7 +25,17 @@ impl StackKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::Ours => "ours",
-            Self::Upstream => "upstream",
+            Self::UpstreamDriver => "upstream driver + our provider",
+            Self::UpstreamPair => "upstream pair (driver + ASCP)",
+        }
+    }
+
+    /// Short name for namespaces and pod names.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::Ours => "ours",
+            Self::UpstreamDriver => "updriver",
+            Self::UpstreamPair => "uppair",
         }
     }
 }
@@ -35,6 +49,9 @@ pub struct RunningStack {
     pub socket: PathBuf,
     /// The node's kubelet root dir used with this stack.
     pub kubelet_root: PathBuf,
+    /// This stack's own counting proxy in front of moto: AWS calls per stack, even when the
+    /// stacks alternate.
+    pub aws: CallCounter,
     procs: Vec<Proc>,
     _dir: tempfile::TempDir,
 }
@@ -54,27 +71,37 @@ impl RunningStack {
     }
 }
 
-/// How the stacks are configured: the same for both, as their charts would be set.
+/// How the stacks are configured: the same for all, as their charts would be set.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
     /// Rotation poll interval passed to the driver (scaled down from the charts' 2m).
     pub rotation_poll: String,
     /// The agent's own namespace (rollout key of secret sync).
     pub namespace: String,
-    /// The AWS endpoint the stack talks to (moto's counting proxy).
-    pub aws_endpoint: String,
 }
 
 /// Starts `kind`, or explains why it cannot run on this machine.
-pub fn start(
+pub async fn start(
     kind: StackKind,
     cluster: &Cluster,
     cfg: &StackConfig,
 ) -> Result<RunningStack, String> {
-    match kind {
-        StackKind::Ours => start_ours(cluster, cfg).map_err(|e| format!("{e:#}")),
-        StackKind::Upstream => start_upstream(cluster, cfg),
-    }
+    let aws = cluster
+        .moto()
+        .new_call_counter()
+        .await
+        .map_err(|e| format!("counting proxy: {e}"))?;
+    let started = match kind {
+        StackKind::Ours => start_ours(cluster, cfg, aws),
+        StackKind::UpstreamDriver => start_upstream_driver(cluster, cfg, aws),
+        StackKind::UpstreamPair => {
+            if let Some(reason) = upstream_pair_unavailable() {
+                return Err(reason);
+            }
+            start_upstream_pair(cluster, cfg, aws)
+        }
+    };
+    started.map_err(|e| format!("{} did not start: {e:#}", kind.label()))
 }
 
 /// Our binary: `$SECRETS_STORE_BIN`, else `secrets-store` next to this runner (cargo puts every
@@ -100,7 +127,11 @@ pub fn our_binary() -> Result<PathBuf, String> {
     }
 }
 
-fn start_ours(cluster: &Cluster, cfg: &StackConfig) -> anyhow::Result<RunningStack> {
+fn start_ours(
+    cluster: &Cluster,
+    cfg: &StackConfig,
+    aws: CallCounter,
+) -> anyhow::Result<RunningStack> {
     let binary = our_binary().map_err(anyhow::Error::msg)?;
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("kubelet");
@@ -129,20 +160,21 @@ fn start_ours(cluster: &Cluster, cfg: &StackConfig) -> anyhow::Result<RunningSta
         .env("RUST_LOG", "warn")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL", &cfg.aws_endpoint);
+        .env("AWS_ENDPOINT_URL", aws.endpoint());
     let proc = cluster.spawn("bench-ours", cmd)?;
     wait_for_socket(&proc, &socket)?;
     Ok(RunningStack {
         kind: StackKind::Ours,
         socket,
         kubelet_root: root,
+        aws,
         procs: vec![proc],
         _dir: dir,
     })
 }
 
 /// Why the upstream pair cannot run here, or `None` when its binaries are installed.
-pub fn upstream_unavailable() -> Option<String> {
+pub fn upstream_pair_unavailable() -> Option<String> {
     let missing: Vec<&str> = [
         "secrets-store-csi-driver",
         "secrets-store-csi-driver-provider-aws",
@@ -152,58 +184,106 @@ pub fn upstream_unavailable() -> Option<String> {
     .collect();
     (!missing.is_empty()).then(|| {
         format!(
-            "not available: {} missing in {} (`bash hack/tools.sh upstream-driver` / `ascp` fail: \
-             the Go module proxy answers 403 for both modules)",
+            "not available: {} missing in {} (`bash hack/tools.sh ascp` fails: the Go module \
+             proxy answers 403 for github.com/aws/secrets-store-csi-driver-provider-aws)",
             missing.join(" and "),
             tools_bin_dir().display()
         )
     })
 }
 
-/// The upstream pair as its charts run it: the driver with rotation on and the AWS provider on
-/// a socket in the driver's provider volume. Not exercised on the machine that wrote it (the
-/// binaries could not be built there); it only runs once both tools are installed.
-fn start_upstream(cluster: &Cluster, cfg: &StackConfig) -> Result<RunningStack, String> {
-    if let Some(reason) = upstream_unavailable() {
-        return Err(reason);
-    }
-    let run = || -> anyhow::Result<RunningStack> {
-        let dir = tempfile::tempdir()?;
-        let root = dir.path().join("kubelet");
-        let providers = dir.path().join("providers");
-        std::fs::create_dir_all(&root)?;
-        std::fs::create_dir_all(&providers)?;
-        let socket = dir.path().join("csi.sock");
-        let mut provider =
-            Command::new(tools_bin_dir().join("secrets-store-csi-driver-provider-aws"));
-        provider
-            .arg(format!("--provider-volume={}", providers.display()))
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ENDPOINT_URL", &cfg.aws_endpoint)
-            .env("KUBECONFIG", cluster.kubeconfig_path());
-        let provider = cluster.spawn("bench-upstream-provider", provider)?;
-        let mut driver = Command::new(tools_bin_dir().join("secrets-store-csi-driver"));
-        driver
-            .arg(format!("--endpoint=unix://{}", socket.display()))
-            .arg(format!("--nodeid={}", cluster.node_name()))
-            .arg(format!("--provider-volume={}", providers.display()))
-            .arg("--enable-secret-rotation=true")
-            .arg(format!("--rotation-poll-interval={}", cfg.rotation_poll))
-            .arg("--metrics-addr=127.0.0.1:0")
-            .env("KUBECONFIG", cluster.kubeconfig_path());
-        let driver = cluster.spawn("bench-upstream-driver", driver)?;
-        wait_for_socket(&driver, &socket)?;
-        wait_for_socket(&provider, &providers.join("aws.sock"))?;
-        Ok(RunningStack {
-            kind: StackKind::Upstream,
-            socket,
-            kubelet_root: root,
-            procs: vec![driver, provider],
-            _dir: dir,
-        })
-    };
-    run().map_err(|e| format!("upstream stack failed to start: {e:#}"))
+/// The upstream driver as its chart runs it on a node: rotation on (its rotation reconciler
+/// re-reads every `rotation_poll`), the provider dir shared with the provider's socket, and its
+/// metrics on loopback (the default `:8095` listens on every interface).
+fn upstream_driver(
+    cluster: &Cluster,
+    cfg: &StackConfig,
+    socket: &Path,
+    providers: &Path,
+) -> anyhow::Result<Proc> {
+    let metrics = secrets_store_testenv::free_port()?;
+    let mut driver = Command::new(secrets_store_testenv::require("secrets-store-csi-driver")?);
+    driver
+        .arg(format!("--endpoint=unix://{}", socket.display()))
+        .arg(format!("--nodeid={}", cluster.node_name()))
+        .arg(format!("--provider-volume={}", providers.display()))
+        .arg("--enable-secret-rotation=true")
+        .arg(format!("--rotation-poll-interval={}", cfg.rotation_poll))
+        .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
+        .env("KUBECONFIG", cluster.kubeconfig_path());
+    Ok(cluster.spawn("bench-upstream-driver", driver)?)
+}
+
+/// Fresh dirs of a stack: kubelet root, provider dir, CSI socket path.
+fn stack_dirs() -> anyhow::Result<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("kubelet");
+    let providers = dir.path().join("providers");
+    std::fs::create_dir_all(&root)?;
+    std::fs::create_dir_all(&providers)?;
+    let socket = dir.path().join("csi.sock");
+    Ok((dir, root, providers, socket))
+}
+
+/// The upstream driver with our `secrets-store provider-aws` on `<provider dir>/aws.sock`.
+fn start_upstream_driver(
+    cluster: &Cluster,
+    cfg: &StackConfig,
+    aws: CallCounter,
+) -> anyhow::Result<RunningStack> {
+    let (dir, root, providers, socket) = stack_dirs()?;
+    let provider_socket = providers.join("aws.sock");
+    let mut provider = Command::new(our_binary().map_err(anyhow::Error::msg)?);
+    provider
+        .arg("provider-aws")
+        .arg("--socket")
+        .arg(&provider_socket)
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL", aws.endpoint());
+    let provider = cluster.spawn("bench-our-provider", provider)?;
+    wait_for_socket(&provider, &provider_socket)?;
+    let driver = upstream_driver(cluster, cfg, &socket, &providers)?;
+    wait_for_socket(&driver, &socket)?;
+    Ok(RunningStack {
+        kind: StackKind::UpstreamDriver,
+        socket,
+        kubelet_root: root,
+        aws,
+        procs: vec![driver, provider],
+        _dir: dir,
+    })
+}
+
+/// The upstream pair as its charts run it. Not exercised on the machine that wrote it (ASCP
+/// could not be built there); it only runs once the ASCP binary is installed.
+fn start_upstream_pair(
+    cluster: &Cluster,
+    cfg: &StackConfig,
+    aws: CallCounter,
+) -> anyhow::Result<RunningStack> {
+    let (dir, root, providers, socket) = stack_dirs()?;
+    let mut provider = Command::new(tools_bin_dir().join("secrets-store-csi-driver-provider-aws"));
+    provider
+        .arg(format!("--provider-volume={}", providers.display()))
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL", aws.endpoint())
+        .env("KUBECONFIG", cluster.kubeconfig_path());
+    let provider = cluster.spawn("bench-upstream-provider", provider)?;
+    wait_for_socket(&provider, &providers.join("aws.sock"))?;
+    let driver = upstream_driver(cluster, cfg, &socket, &providers)?;
+    wait_for_socket(&driver, &socket)?;
+    Ok(RunningStack {
+        kind: StackKind::UpstreamPair,
+        socket,
+        kubelet_root: root,
+        aws,
+        procs: vec![driver, provider],
+        _dir: dir,
+    })
 }
 
 fn wait_for_socket(proc: &Proc, socket: &Path) -> anyhow::Result<()> {

@@ -70,9 +70,36 @@ fn scenario_1_prints_a_table_with_numbers() {
         .and_then(|r| r.parse().ok())
         .unwrap_or_else(|| panic!("p50 ÷ floor: {ratio:?} is not a ratio"));
     assert!(ratio > 0.0);
-    // The upstream column says why it is empty, or holds a figure.
+    // The upstream driver (with our provider behind it) ran beside ours: its column holds
+    // latencies too, and each "ours ÷ …" cell is a ratio.
+    let header: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("| scenario |"))
+        .unwrap_or_else(|| panic!("no table header in:\n{stdout}"))
+        .split('|')
+        .map(str::trim)
+        .collect();
+    let column = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no column {name:?} in {header:?}"))
+    };
+    let theirs = column("upstream driver + our provider");
+    let ratio_col = column("ours ÷ upstream driver + our provider");
+    let p50 = rows
+        .iter()
+        .find(|r| {
+            r.get(2)
+                .is_some_and(|m| m.starts_with("NodePublishVolume p50"))
+        })
+        .expect("p50 row");
+    let their_p50 = cell_ms(p50[theirs])
+        .unwrap_or_else(|| panic!("upstream driver p50 {:?} is not in ms", p50[theirs]));
+    assert!(their_p50 > 0.0);
     assert!(
-        rows.iter().all(|r| r.get(4).is_some_and(|u| !u.is_empty())),
-        "empty upstream cell in:\n{stdout}"
+        p50[ratio_col].ends_with('×'),
+        "ratio cell {:?} in:\n{stdout}",
+        p50[ratio_col]
     );
 }

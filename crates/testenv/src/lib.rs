@@ -18,8 +18,8 @@ mod tools;
 use std::path::{Path, PathBuf};
 
 pub use cluster::{Cluster, LogGuard, install_crypto_provider};
-pub use moto::{AccountId, Moto};
-pub use process::Proc;
+pub use moto::{AccountId, CallCounter, Moto};
+pub use process::{Proc, free_port};
 pub use tools::{TOOLS_BIN_ENV, find_tool, require, tool, tools_bin_dir};
 
 /// Polls `check` every 200 ms until it returns `Some`, and panics naming `what` after `timeout`

@@ -59,6 +59,25 @@ impl fmt::Display for AccountId {
     }
 }
 
+/// A private counting proxy in front of moto (see [`Moto::new_call_counter`]).
+#[derive(Debug, Clone)]
+pub struct CallCounter {
+    endpoint: String,
+    counts: proxy::Counts,
+}
+
+impl CallCounter {
+    /// The endpoint to give the client whose calls are counted.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Requests seen so far, per action.
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        self.counts.lock().expect("counts lock").clone()
+    }
+}
+
 /// A running moto server plus the counting proxy in front of it.
 #[derive(Debug)]
 pub struct Moto {
@@ -141,6 +160,19 @@ impl Moto {
     /// Clears the proxy's counters.
     pub fn reset_calls(&self) {
         self.counts.lock().expect("counts lock").clear();
+    }
+
+    /// A counting proxy of its own in front of moto (on the caller's runtime), so one client's
+    /// calls can be told apart from everything else that goes through the shared one.
+    pub async fn new_call_counter(&self) -> Result<CallCounter, Error> {
+        let counts = proxy::Counts::default();
+        let addr = proxy::start(self.addr, counts.clone())
+            .await
+            .map_err(|e| Error::io(Path::new("127.0.0.1:0"), e))?;
+        Ok(CallCounter {
+            endpoint: format!("http://{addr}"),
+            counts,
+        })
     }
 
     /// The moto process (pid, log path).

@@ -162,14 +162,18 @@ fn decode(req: wire::MountRequest) -> Result<MountRequest, Status> {
             e.column()
         ))
     };
-    let attributes: BTreeMap<String, String> =
-        serde_json::from_str(&req.attributes).map_err(|e| bad("attributes", e))?;
-    // An empty string means "no nodePublishSecretRef" for lenient senders.
-    let secrets: BTreeMap<String, String> = if req.secrets.is_empty() {
-        BTreeMap::new()
-    } else {
-        serde_json::from_str(&req.secrets).map_err(|e| bad("secrets", e))?
+    // JSON `null` is what upstream's driver sends for a nil map: Go's json.Marshal of a pod
+    // without nodePublishSecretRef gives "null", not "{}". An empty string is accepted too.
+    let object = |field: &str, json: &str| -> Result<BTreeMap<String, String>, Status> {
+        if json.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        serde_json::from_str::<Option<BTreeMap<String, String>>>(json)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| bad(field, e))
     };
+    let attributes = object("attributes", &req.attributes)?;
+    let secrets = object("secrets", &req.secrets)?;
     let permission: FileMode = if req.permission.is_empty() {
         DEFAULT_FILE_PERMISSION
     } else {
@@ -227,6 +231,21 @@ mod tests {
         assert_eq!(req.secrets["password"].expose(), b"hunter2");
         assert_eq!(req.permission, 0o644);
         assert_eq!(req.current_object_versions[0].id, "db");
+    }
+
+    #[test]
+    fn null_secrets_from_a_go_nil_map_are_no_secrets() {
+        // What the upstream driver v1.6.0 sends for a pod without nodePublishSecretRef.
+        let req = decode(wire::MountRequest {
+            attributes: r#"{"objects":"- objectName: db"}"#.into(),
+            secrets: "null".into(),
+            target_path: "/t".into(),
+            permission: "420".into(),
+            current_object_version: vec![],
+        })
+        .unwrap();
+        assert!(req.secrets.is_empty());
+        assert_eq!(req.attributes.get("objects"), Some("- objectName: db"));
     }
 
     #[test]
