@@ -78,6 +78,9 @@ pub struct StackConfig {
     pub rotation_poll: String,
     /// The agent's own namespace (rollout key of secret sync).
     pub namespace: String,
+    /// Seconds our AWS provider shares a fetched value (the chart's 5 s, scaled like the
+    /// rotation intervals: at 60× a 5 s TTL would outlast the 2 s poll and hide fetches).
+    pub aws_cache_ttl_seconds: String,
 }
 
 /// Starts `kind`, or explains why it cannot run on this machine.
@@ -156,6 +159,7 @@ fn start_ours(
         .args(["--enable-secret-rotation", "--enable-secret-sync"])
         .args(["--rotation-poll-interval", &cfg.rotation_poll])
         .args(["--namespace", &cfg.namespace])
+        .args(["--aws-cache-ttl-seconds", &cfg.aws_cache_ttl_seconds])
         .env("KUBECONFIG", cluster.kubeconfig_path())
         .env("RUST_LOG", "warn")
         .env("AWS_REGION", "us-east-1")
@@ -238,6 +242,7 @@ fn start_upstream_driver(
         .arg("provider-aws")
         .arg("--socket")
         .arg(&provider_socket)
+        .args(["--cache-ttl-seconds", &cfg.aws_cache_ttl_seconds])
         .env("KUBECONFIG", cluster.kubeconfig_path())
         .env("RUST_LOG", "warn")
         .env("AWS_REGION", "us-east-1")

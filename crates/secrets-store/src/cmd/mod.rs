@@ -5,3 +5,28 @@ pub mod crds;
 pub mod node;
 pub mod provider_aws;
 pub mod signal;
+
+/// A number of seconds, fractions allowed (`5`, `0.25`), as a clap value parser: the AWS cache
+/// TTL is set in seconds, and a benchmark that scales every interval down needs fractions.
+pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|n| std::time::Duration::try_from_secs_f64(n).ok())
+        .ok_or_else(|| format!("invalid number of seconds {s:?}: expected e.g. 5 or 0.5"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn seconds_take_fractions_and_refuse_the_rest() {
+        assert_eq!(super::parse_seconds("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(super::parse_seconds("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(super::parse_seconds("0"), Ok(Duration::ZERO));
+        for bad in ["-1", "NaN", "inf", "5s", ""] {
+            assert!(super::parse_seconds(bad).is_err(), "{bad}");
+        }
+    }
+}

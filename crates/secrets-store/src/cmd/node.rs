@@ -69,9 +69,10 @@ pub struct NodeArgs {
     /// Do not serve the built-in AWS provider (use an external `aws.sock` instead).
     #[arg(long)]
     pub no_aws_provider: bool,
-    /// How long the AWS provider shares a fetched value between pods of the same identity.
-    #[arg(long, env = "AWS_PROVIDER_CACHE_TTL_SECONDS", default_value_t = 5)]
-    pub aws_cache_ttl_seconds: u64,
+    /// Seconds the AWS provider shares a fetched value between pods of the same identity
+    /// (fractions allowed; 0 disables).
+    #[arg(long, env = "AWS_PROVIDER_CACHE_TTL_SECONDS", default_value = "5", value_parser = super::parse_seconds)]
+    pub aws_cache_ttl_seconds: Duration,
     /// Periodically call `Version` on every external provider socket and log unhealthy ones.
     #[arg(long)]
     pub provider_health_check: bool,
@@ -199,7 +200,7 @@ async fn aws_provider(
     registry: &mut Registry,
 ) -> AwsProvider {
     let mut aws_config = AwsProviderConfig {
-        cache_ttl: Duration::from_secs(args.aws_cache_ttl_seconds),
+        cache_ttl: args.aws_cache_ttl_seconds,
         ..AwsProviderConfig::from_env()
     };
     if aws_config.default_region.is_none() {

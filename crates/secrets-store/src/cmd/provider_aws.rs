@@ -27,9 +27,10 @@ pub struct ProviderAwsArgs {
     /// One endpoint for every AWS service (normally unset; `AWS_ENDPOINT_URL*` also work).
     #[arg(long)]
     pub endpoint_url: Option<String>,
-    /// Seconds a fetched value serves other mounts of the same identity (0 disables).
-    #[arg(long, env = "AWS_PROVIDER_CACHE_TTL_SECONDS", default_value_t = 5)]
-    pub cache_ttl_seconds: u64,
+    /// Seconds a fetched value serves other mounts of the same identity (fractions allowed;
+    /// 0 disables).
+    #[arg(long, env = "AWS_PROVIDER_CACHE_TTL_SECONDS", default_value = "5", value_parser = super::parse_seconds)]
+    pub cache_ttl_seconds: Duration,
     /// EKS Pod Identity Agent URL (IPv4).
     #[arg(long, default_value = secrets_store_provider_aws::pod_identity::DEFAULT_IPV4_URL)]
     pub pod_identity_agent_ipv4_url: String,
@@ -45,7 +46,7 @@ pub async fn run(args: ProviderAwsArgs) -> anyhow::Result<()> {
     )?;
     let mut config = AwsProviderConfig::from_env();
     config.endpoint_url = args.endpoint_url.clone();
-    config.cache_ttl = Duration::from_secs(args.cache_ttl_seconds);
+    config.cache_ttl = args.cache_ttl_seconds;
     config.pod_identity = PodIdentityAgentConfig {
         ipv4_url: args.pod_identity_agent_ipv4_url.clone(),
         ipv6_url: args.pod_identity_agent_ipv6_url.clone(),
