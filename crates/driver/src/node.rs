@@ -299,30 +299,32 @@ impl NodeService {
         let result = self
             .fill_volume(req, &ctx, &class, provider.as_ref(), &target, was_mounted)
             .await;
-        if let Ok(changed) = result {
-            self.inner.rotation.fetched(&target, started);
-            if was_mounted {
-                let seconds = started.elapsed().as_secs_f64();
+        if was_mounted || result.is_ok() {
+            self.inner.rotation.attempted(&target, started);
+        }
+        if let Ok(changed) = result
+            && was_mounted
+        {
+            let seconds = started.elapsed().as_secs_f64();
+            self.inner
+                .metrics
+                .rotation()
+                .succeeded(provider_name, changed, seconds);
+            if changed {
+                let note = format!(
+                    "successfully rotated mounted contents for SecretProviderClass {}/{}",
+                    ctx.pod_namespace, ctx.secret_provider_class
+                );
                 self.inner
-                    .metrics
-                    .rotation()
-                    .succeeded(provider_name, changed, seconds);
-                if changed {
-                    let note = format!(
-                        "successfully rotated mounted contents for SecretProviderClass {}/{}",
-                        ctx.pod_namespace, ctx.secret_provider_class
-                    );
-                    self.inner
-                        .effects
-                        .event(
-                            &pod_reference(&ctx),
-                            EventType::Normal,
-                            ROTATION_COMPLETE_REASON,
-                            "MountSecrets",
-                            &note,
-                        )
-                        .await;
-                }
+                    .effects
+                    .event(
+                        &pod_reference(&ctx),
+                        EventType::Normal,
+                        ROTATION_COMPLETE_REASON,
+                        "MountSecrets",
+                        &note,
+                    )
+                    .await;
             }
         }
         if result.is_err() && !was_mounted {

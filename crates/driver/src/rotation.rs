@@ -1,7 +1,9 @@
 //! Rotation: kubelet calls `NodePublishVolume` again every sync period for drivers with
 //! `requiresRepublish`; each call re-fetches a volume's objects at most once per poll interval,
-//! measured from that volume's last successful fetch (not from a directory's mtime, which an
-//! unchanged write does not touch).
+//! measured from that volume's last fetch attempt (not from a directory's mtime, which an
+//! unchanged write does not touch). Failed attempts count too: during a provider outage each
+//! volume is retried once per poll interval, as often as it is fetched when healthy, so an
+//! outage adds no traffic however short kubelet's republish period is.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +21,7 @@ pub const ROTATION_COMPLETE_REASON: &str = "SecretRotationComplete";
 /// Event reason of a failed rotation (upstream's name).
 pub const ROTATION_FAILED_REASON: &str = "SecretRotationFailed";
 
-/// When each mounted volume was last fetched successfully.
+/// When each mounted volume was last fetched (or a fetch was tried).
 #[derive(Debug)]
 pub struct RotationSchedule {
     interval: Option<Duration>,
@@ -48,8 +50,8 @@ impl RotationSchedule {
         }
     }
 
-    /// Records a successful fetch for `target`.
-    pub fn fetched(&self, target: &Path, at: Instant) {
+    /// Records a fetch of `target` started `at`, whether it succeeded or not.
+    pub fn attempted(&self, target: &Path, at: Instant) {
         self.lock().insert(target.to_path_buf(), at);
     }
 
@@ -140,7 +142,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fetches_at_most_once_per_interval_from_the_last_success() {
+    fn fetches_at_most_once_per_interval_from_the_last_attempt() {
         let schedule = RotationSchedule::new(Some(Duration::from_secs(120)));
         let target = Path::new("/pods/a/volumes/kubernetes.io~csi/v/mount");
         let t0 = Instant::now();
@@ -148,10 +150,10 @@ mod tests {
             schedule.due(target, t0),
             "a volume never fetched by this process is due"
         );
-        schedule.fetched(target, t0);
+        schedule.attempted(target, t0);
         assert!(!schedule.due(target, t0 + Duration::from_secs(60)));
         assert!(schedule.due(target, t0 + Duration::from_secs(120)));
-        schedule.fetched(target, t0 + Duration::from_secs(130));
+        schedule.attempted(target, t0 + Duration::from_secs(130));
         assert!(!schedule.due(target, t0 + Duration::from_secs(200)));
         schedule.forget(target);
         assert!(schedule.due(target, t0 + Duration::from_secs(200)));
@@ -161,7 +163,7 @@ mod tests {
     fn without_an_interval_every_republish_fetches() {
         let schedule = RotationSchedule::new(None);
         let now = Instant::now();
-        schedule.fetched(Path::new("/t"), now);
+        schedule.attempted(Path::new("/t"), now);
         assert!(schedule.due(Path::new("/t"), now));
     }
 
