@@ -211,22 +211,21 @@ build_one() {
     cargo-deny) cargo_install cargo-deny "$CARGO_DENY_VERSION" || die "could not install cargo-deny $CARGO_DENY_VERSION" ;;
     cargo-fuzz) cargo_install cargo-fuzz "$CARGO_FUZZ_VERSION" || die "could not install cargo-fuzz $CARGO_FUZZ_VERSION" ;;
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
-    # The Go module proxy reachable from these machines answers 403 ("not available") for both
-    # upstream modules, so interop tests and benchmarks against them cannot run here.
     upstream-driver) build_upstream_driver || die "could not build sigs.k8s.io/secrets-store-csi-driver $UPSTREAM_DRIVER_VERSION" ;;
+    # The Go module proxy reachable from these machines answers 403 ("not available") for ASCP.
     ascp) go_install secrets-store-csi-driver-provider-aws "$ASCP_COMMIT" github.com/aws/secrets-store-csi-driver-provider-aws \
       || die "github.com/aws/secrets-store-csi-driver-provider-aws is not served by the Go module proxy here (403): ASCP cannot be built on this machine" ;;
     *) die "unknown tool '$1'" ;;
   esac
 }
 
-CORE=(moto etcd kube-apiserver kube-controller-manager csi-sanity helm cargo-deny)
+CORE=(moto etcd kube-apiserver kube-controller-manager csi-sanity helm cargo-deny upstream-driver)
 
 case "${1:-core}" in
   env)
     echo "export SECRETS_STORE_TOOLS_BIN=$BIN"
     ;;
   core) for t in "${CORE[@]}"; do build_one "$t"; done ;;
-  all) for t in "${CORE[@]}" helm upstream-driver; do build_one "$t"; done ;;
+  all) for t in "${CORE[@]}"; do build_one "$t"; done ;;
   *) for t in "$@"; do build_one "$t"; done ;;
 esac

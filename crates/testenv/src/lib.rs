@@ -14,6 +14,7 @@ pub mod node_agent;
 mod process;
 mod proxy;
 mod tools;
+pub mod upstream;
 
 use std::path::{Path, PathBuf};
 

@@ -54,6 +54,44 @@ pub async fn ensure_csi_driver(cluster: &Cluster) {
     }
 }
 
+/// Creates the seed's AWS side in `account`: the secret `CSI-driver-test-secret` holding `value`,
+/// the walk-through's policy and a role for the ServiceAccount. Returns the role ARN.
+pub async fn seed_aws(cluster: &Cluster, account: &AccountId, value: &str) -> String {
+    let moto = cluster.moto();
+    let created = moto
+        .sm_client(account)
+        .create_secret()
+        .name("CSI-driver-test-secret")
+        .secret_string(value)
+        .send()
+        .await
+        .expect("CreateSecret");
+    let iam = moto.iam_client(account);
+    let policy = seed_file("policy.json").replace("SECRET_ARN", created.arn().unwrap());
+    let policy = iam
+        .create_policy()
+        .policy_name("deployment-policy")
+        .policy_document(policy)
+        .send()
+        .await
+        .expect("CreatePolicy");
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Federated":"oidc"},"Action":"sts:AssumeRoleWithWebIdentity"}]}"#;
+    let role = iam
+        .create_role()
+        .role_name("nginx-deployment-role")
+        .assume_role_policy_document(trust)
+        .send()
+        .await
+        .expect("CreateRole");
+    iam.attach_role_policy()
+        .role_name("nginx-deployment-role")
+        .policy_arn(policy.policy().unwrap().arn().unwrap())
+        .send()
+        .await
+        .expect("AttachRolePolicy");
+    role.role().unwrap().arn().to_string()
+}
+
 /// One test's world: a namespace, an AWS account, the node agent and a kubelet simulator.
 pub struct World {
     pub cluster: &'static Cluster,
@@ -113,39 +151,7 @@ impl World {
     /// Creates the seed's AWS side in this world's account: the secret, the policy and a role
     /// for the ServiceAccount. Returns the role ARN.
     pub async fn seed_aws(&self, value: &str) -> String {
-        let moto = self.cluster.moto();
-        let created = moto
-            .sm_client(&self.account)
-            .create_secret()
-            .name("CSI-driver-test-secret")
-            .secret_string(value)
-            .send()
-            .await
-            .expect("CreateSecret");
-        let iam = moto.iam_client(&self.account);
-        let policy = seed_file("policy.json").replace("SECRET_ARN", created.arn().unwrap());
-        let policy = iam
-            .create_policy()
-            .policy_name("deployment-policy")
-            .policy_document(policy)
-            .send()
-            .await
-            .expect("CreatePolicy");
-        let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Federated":"oidc"},"Action":"sts:AssumeRoleWithWebIdentity"}]}"#;
-        let role = iam
-            .create_role()
-            .role_name("nginx-deployment-role")
-            .assume_role_policy_document(trust)
-            .send()
-            .await
-            .expect("CreateRole");
-        iam.attach_role_policy()
-            .role_name("nginx-deployment-role")
-            .policy_arn(policy.policy().unwrap().arn().unwrap())
-            .send()
-            .await
-            .expect("AttachRolePolicy");
-        role.role().unwrap().arn().to_string()
+        seed_aws(self.cluster, &self.account, value).await
     }
 
     /// Applies the seed's ServiceAccount (with `role_arn`), SecretProviderClass and Deployment.
