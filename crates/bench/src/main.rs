@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let cluster = Cluster::shared();
     fixtures::ensure_csi_driver(cluster).await?;
     let cfg = StackConfig {
-        rotation_poll: "2s".into(),
+        rotation_poll: Duration::from_secs(2),
         namespace: cluster.new_namespace("bench-system").await,
         aws_cache_ttl_seconds: format!("{:.4}", CHART_CACHE_TTL_SECONDS / TIME_SCALE),
     };

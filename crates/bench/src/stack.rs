@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use secrets_store_testenv::upstream::{OurAwsProvider, UpstreamDriver, UpstreamOptions};
 use secrets_store_testenv::{CallCounter, Cluster, Proc, find_tool, tools_bin_dir};
 
 /// Which implementation a column measures.
@@ -52,20 +53,40 @@ pub struct RunningStack {
     /// This stack's own counting proxy in front of moto: AWS calls per stack, even when the
     /// stacks alternate.
     pub aws: CallCounter,
-    procs: Vec<Proc>,
+    processes: Processes,
     _dir: tempfile::TempDir,
+}
+
+/// The node-side processes of a stack; dropping them stops them.
+#[derive(Debug)]
+enum Processes {
+    Ours(Proc),
+    UpstreamDriver(UpstreamDriver, OurAwsProvider),
+    UpstreamPair(UpstreamDriver, Proc),
 }
 
 impl RunningStack {
     /// Pids of every node-side process of the stack (memory and CPU are summed over them).
     pub fn pids(&self) -> Vec<u32> {
-        self.procs.iter().map(Proc::pid).collect()
+        match &self.processes {
+            Processes::Ours(p) => vec![p.pid()],
+            Processes::UpstreamDriver(d, p) => vec![d.pid(), p.pid()],
+            Processes::UpstreamPair(d, p) => vec![d.pid(), p.pid()],
+        }
     }
 
     /// Fails if a process of the stack died.
     pub fn check_running(&self) -> anyhow::Result<()> {
-        for p in &self.procs {
-            p.check_running()?;
+        match &self.processes {
+            Processes::Ours(p) => p.check_running()?,
+            Processes::UpstreamDriver(d, p) => {
+                d.check_running()?;
+                p.check_running()?;
+            }
+            Processes::UpstreamPair(d, p) => {
+                d.check_running()?;
+                p.check_running()?;
+            }
         }
         Ok(())
     }
@@ -75,7 +96,7 @@ impl RunningStack {
 #[derive(Debug, Clone)]
 pub struct StackConfig {
     /// Rotation poll interval passed to the driver (scaled down from the charts' 2m).
-    pub rotation_poll: String,
+    pub rotation_poll: Duration,
     /// The agent's own namespace (rollout key of secret sync).
     pub namespace: String,
     /// Seconds our AWS provider shares a fetched value (the chart's 5 s, scaled like the
@@ -157,7 +178,8 @@ fn start_ours(
         .arg("--provider-volume")
         .arg(&providers)
         .args(["--enable-secret-rotation", "--enable-secret-sync"])
-        .args(["--rotation-poll-interval", &cfg.rotation_poll])
+        .arg("--rotation-poll-interval")
+        .arg(format!("{}s", cfg.rotation_poll.as_secs()))
         .args(["--namespace", &cfg.namespace])
         .args(["--aws-cache-ttl-seconds", &cfg.aws_cache_ttl_seconds])
         .env("KUBECONFIG", cluster.kubeconfig_path())
@@ -172,7 +194,7 @@ fn start_ours(
         socket,
         kubelet_root: root,
         aws,
-        procs: vec![proc],
+        processes: Processes::Ours(proc),
         _dir: dir,
     })
 }
@@ -196,37 +218,23 @@ pub fn upstream_pair_unavailable() -> Option<String> {
     })
 }
 
-/// The upstream driver as its chart runs it on a node: rotation on (its rotation reconciler
-/// re-reads every `rotation_poll`), the provider dir shared with the provider's socket, and its
-/// metrics on loopback (the default `:8095` listens on every interface).
-fn upstream_driver(
-    cluster: &Cluster,
-    cfg: &StackConfig,
-    socket: &Path,
-    providers: &Path,
-) -> anyhow::Result<Proc> {
-    let metrics = secrets_store_testenv::free_port()?;
-    let mut driver = Command::new(secrets_store_testenv::require("secrets-store-csi-driver")?);
-    driver
-        .arg(format!("--endpoint=unix://{}", socket.display()))
-        .arg(format!("--nodeid={}", cluster.node_name()))
-        .arg(format!("--provider-volume={}", providers.display()))
-        .arg("--enable-secret-rotation=true")
-        .arg(format!("--rotation-poll-interval={}", cfg.rotation_poll))
-        .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
-        .env("KUBECONFIG", cluster.kubeconfig_path());
-    Ok(cluster.spawn("bench-upstream-driver", driver)?)
+/// The upstream driver as its chart runs it on a node (`testenv::upstream`), with rotation on.
+fn upstream_driver(cluster: &Cluster, cfg: &StackConfig) -> anyhow::Result<UpstreamDriver> {
+    let opts = UpstreamOptions {
+        enable_secret_rotation: true,
+        rotation_poll_interval: cfg.rotation_poll,
+        // The chart's default verbosity.
+        log_verbosity: 0,
+    };
+    Ok(UpstreamDriver::start(cluster, &opts)?)
 }
 
-/// Fresh dirs of a stack: kubelet root, provider dir, CSI socket path.
-fn stack_dirs() -> anyhow::Result<(tempfile::TempDir, PathBuf, PathBuf, PathBuf)> {
+/// A kubelet root dir of the stack's own.
+fn kubelet_root() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
     let dir = tempfile::tempdir()?;
     let root = dir.path().join("kubelet");
-    let providers = dir.path().join("providers");
     std::fs::create_dir_all(&root)?;
-    std::fs::create_dir_all(&providers)?;
-    let socket = dir.path().join("csi.sock");
-    Ok((dir, root, providers, socket))
+    Ok((dir, root))
 }
 
 /// The upstream driver with our `secrets-store provider-aws` on `<provider dir>/aws.sock`.
@@ -235,29 +243,23 @@ fn start_upstream_driver(
     cfg: &StackConfig,
     aws: CallCounter,
 ) -> anyhow::Result<RunningStack> {
-    let (dir, root, providers, socket) = stack_dirs()?;
-    let provider_socket = providers.join("aws.sock");
-    let mut provider = Command::new(our_binary().map_err(anyhow::Error::msg)?);
-    provider
-        .arg("provider-aws")
-        .arg("--socket")
-        .arg(&provider_socket)
-        .args(["--cache-ttl-seconds", &cfg.aws_cache_ttl_seconds])
-        .env("KUBECONFIG", cluster.kubeconfig_path())
-        .env("RUST_LOG", "warn")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL", aws.endpoint());
-    let provider = cluster.spawn("bench-our-provider", provider)?;
-    wait_for_socket(&provider, &provider_socket)?;
-    let driver = upstream_driver(cluster, cfg, &socket, &providers)?;
-    wait_for_socket(&driver, &socket)?;
+    let (dir, root) = kubelet_root()?;
+    let driver = upstream_driver(cluster, cfg)?;
+    let binary = our_binary().map_err(anyhow::Error::msg)?;
+    let provider = OurAwsProvider::start_with(
+        cluster,
+        &binary,
+        driver.provider_dir(),
+        aws.endpoint(),
+        &["--cache-ttl-seconds", &cfg.aws_cache_ttl_seconds],
+        "warn",
+    )?;
     Ok(RunningStack {
         kind: StackKind::UpstreamDriver,
-        socket,
+        socket: driver.socket().to_path_buf(),
         kubelet_root: root,
         aws,
-        procs: vec![driver, provider],
+        processes: Processes::UpstreamDriver(driver, provider),
         _dir: dir,
     })
 }
@@ -269,24 +271,26 @@ fn start_upstream_pair(
     cfg: &StackConfig,
     aws: CallCounter,
 ) -> anyhow::Result<RunningStack> {
-    let (dir, root, providers, socket) = stack_dirs()?;
+    let (dir, root) = kubelet_root()?;
+    let driver = upstream_driver(cluster, cfg)?;
     let mut provider = Command::new(tools_bin_dir().join("secrets-store-csi-driver-provider-aws"));
     provider
-        .arg(format!("--provider-volume={}", providers.display()))
+        .arg(format!(
+            "--provider-volume={}",
+            driver.provider_dir().display()
+        ))
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_ENDPOINT_URL", aws.endpoint())
         .env("KUBECONFIG", cluster.kubeconfig_path());
     let provider = cluster.spawn("bench-upstream-provider", provider)?;
-    wait_for_socket(&provider, &providers.join("aws.sock"))?;
-    let driver = upstream_driver(cluster, cfg, &socket, &providers)?;
-    wait_for_socket(&driver, &socket)?;
+    wait_for_socket(&provider, &driver.provider_dir().join("aws.sock"))?;
     Ok(RunningStack {
         kind: StackKind::UpstreamPair,
-        socket,
+        socket: driver.socket().to_path_buf(),
         kubelet_root: root,
         aws,
-        procs: vec![driver, provider],
+        processes: Processes::UpstreamPair(driver, provider),
         _dir: dir,
     })
 }

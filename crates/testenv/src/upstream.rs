@@ -165,16 +165,29 @@ impl OurAwsProvider {
         provider_dir: &Path,
         aws_endpoint: &str,
     ) -> Result<Self, Error> {
+        Self::start_with(cluster, binary, provider_dir, aws_endpoint, &[], "info")
+    }
+
+    /// [`OurAwsProvider::start`] with extra flags (e.g. `--cache-ttl-seconds`) and a `RUST_LOG`.
+    pub fn start_with(
+        cluster: &Cluster,
+        binary: &Path,
+        provider_dir: &Path,
+        aws_endpoint: &str,
+        extra_args: &[&str],
+        rust_log: &str,
+    ) -> Result<Self, Error> {
         let socket = provider_dir.join("aws.sock");
         let mut cmd = Command::new(binary);
         cmd.arg("provider-aws")
             .arg("--socket")
             .arg(&socket)
             .args(["--node-name", cluster.node_name()])
+            .args(extra_args)
             .env("KUBECONFIG", cluster.kubeconfig_path())
             .env("AWS_ENDPOINT_URL", aws_endpoint)
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", rust_log);
         let proc = cluster.spawn(&process_name("our-provider-aws"), cmd)?;
         wait_for_socket(&proc, &socket)?;
         Ok(Self { proc, socket })
