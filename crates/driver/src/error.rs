@@ -46,7 +46,7 @@ pub enum PublishError {
         name: String,
     },
     /// The SecretProviderClass could not be read (API server unreachable, RBAC…).
-    #[error("failed to get SecretProviderClass {namespace}/{name}: {source}")]
+    #[error("failed to get SecretProviderClass {namespace}/{name} from the API server: {source}")]
     ClassLookup {
         /// The pod's namespace.
         namespace: String,
@@ -100,7 +100,9 @@ pub enum PublishError {
     #[error("failed to mount tmpfs: {0}")]
     Mount(#[from] MountError),
     /// The `SecretProviderClassPodStatus` could not be written.
-    #[error("failed to write SecretProviderClassPodStatus {namespace}/{name}: {source}")]
+    #[error(
+        "failed to write SecretProviderClassPodStatus {namespace}/{name} to the API server: {source}"
+    )]
     PodStatus {
         /// The pod's namespace.
         namespace: String,

@@ -55,7 +55,7 @@ impl AfterMount for SecretSyncHook {
             .map_err(|e| AfterMountError {
                 reason: "FailedToCreateSecret",
                 retryable: true,
-                message: format!("reading pod {namespace}/{pod_name}: {e}"),
+                message: format!("reading pod {namespace}/{pod_name} from the API server: {e}"),
             })?;
         let in_memory: BTreeMap<String, SecretBytes> = volume
             .files

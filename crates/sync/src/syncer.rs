@@ -81,7 +81,7 @@ pub enum SyncError {
         source: std::io::Error,
     },
     /// The API server refused or could not be reached.
-    #[error("writing Secret {namespace}/{name}: {source}")]
+    #[error("writing Secret {namespace}/{name} to the API server: {source}")]
     Api {
         /// Namespace of the Secret.
         namespace: String,

@@ -14,9 +14,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 
+use crate::apiserver::{Apiserver, ApiserverFlags, ApiserverStop};
 use crate::moto::Moto;
 use crate::process::{Proc, free_port, tail};
-use crate::{Error, certs, tools};
+use crate::{Error, apiserver, certs, tools};
 
 /// Name of the simulated node; its region label is [`crate::moto::REGION`].
 pub const NODE_NAME: &str = "testenv-node";
@@ -36,6 +37,8 @@ pub struct Cluster {
     ca_pem: String,
     config: Config,
     moto: Moto,
+    apiserver: Apiserver,
+    /// etcd and kube-controller-manager.
     procs: Vec<Proc>,
     spawner: std::sync::Mutex<mpsc::Sender<SpawnJob>>,
 }
@@ -165,10 +168,42 @@ impl Cluster {
         LogGuard { cluster: self }
     }
 
-    /// Fails if any control-plane process has exited.
+    /// Fails if any control-plane process has exited (or kube-apiserver is stopped).
     pub fn check_running(&self) -> Result<(), Error> {
         self.procs.iter().try_for_each(Proc::check_running)?;
+        self.apiserver.check_running()?;
         self.moto.process().check_running()
+    }
+
+    /// Stops kube-apiserver (no-op if it is stopped); etcd, kube-controller-manager and moto keep
+    /// running. Every client sees connection errors until [`Cluster::start_apiserver`].
+    ///
+    /// The cluster is shared by the whole test binary: use this only in a binary of its own, and
+    /// keep its tests from overlapping (they would see the outage too).
+    pub fn stop_apiserver(&self, how: ApiserverStop) {
+        self.apiserver.stop(how);
+        eprintln!("testenv: kube-apiserver stopped ({how:?})");
+    }
+
+    /// Starts kube-apiserver again with the same binary, port, certificates, flags and etcd (so
+    /// kubeconfigs and clients stay valid), tied to the cluster thread like the first run, and
+    /// waits until `/readyz` is ok. Fails if it is already running.
+    pub async fn start_apiserver(&self) -> Result<(), Error> {
+        if self.apiserver.process().is_some() {
+            return Err(Error::Http(format!(
+                "{} is already running",
+                apiserver::NAME
+            )));
+        }
+        let started = Instant::now();
+        let proc = self.spawn(apiserver::NAME, self.apiserver.command())?;
+        let proc = self.apiserver.set_started(proc)?;
+        wait_readyz(&self.client(), &[&proc]).await?;
+        eprintln!(
+            "testenv: kube-apiserver ready again in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
 }
 
@@ -295,41 +330,24 @@ fn start(rt: &tokio::runtime::Runtime, spawner: mpsc::Sender<SpawnJob>) -> Resul
     let api_port = free_port()?;
     let server_url = format!("https://127.0.0.1:{api_port}");
     let sa_key = pki.sa_key.display().to_string();
-    let mut cmd = Command::new(apiserver_bin);
-    cmd.arg(format!("--etcd-servers={etcd_url}"))
-        .arg(format!("--secure-port={api_port}"))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
-        .arg(format!("--cert-dir={}", run_dir.join("pki").display()))
-        .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
-        .arg(format!(
-            "--tls-private-key-file={}",
-            pki.serving_key.display()
-        ))
-        .arg(format!("--client-ca-file={}", pki.ca_cert.display()))
-        .arg("--authorization-mode=Node,RBAC")
-        .arg("--service-cluster-ip-range=10.0.0.0/24")
-        .arg(format!("--service-account-issuer={SA_ISSUER}"))
-        .arg(format!(
-            "--service-account-key-file={}",
-            pki.sa_pub.display()
-        ))
-        .arg(format!("--service-account-signing-key-file={sa_key}"))
-        .arg(format!("--api-audiences={SA_ISSUER}"))
-        .arg("--allow-privileged=true")
-        .arg("--profiling=false")
-        .arg("--enable-priority-and-fairness=false");
-    let apiserver = Proc::spawn("kube-apiserver", cmd, &log_dir)?;
+    let flags = ApiserverFlags {
+        etcd_url: &etcd_url,
+        port: api_port,
+        run_dir: &run_dir,
+        pki: &pki,
+    };
+    let apiserver = Apiserver::start(apiserver_bin, &flags, &log_dir)?;
 
     let kubeconfig = run_dir.join("kubeconfig");
     write_kubeconfig(&kubeconfig, &server_url, &pki)?;
 
-    let mut procs = vec![etcd, apiserver];
+    let mut procs = vec![etcd];
     let config = rt.block_on(load_config(&kubeconfig))?;
     let client = rt
         .block_on(async { Client::try_from(config.clone()) })
         .map_err(Error::Kube)?;
-    rt.block_on(wait_readyz(&client, &procs))?;
+    let first_apiserver = apiserver.process().expect("kube-apiserver just started");
+    rt.block_on(wait_readyz(&client, &[&procs[0], &first_apiserver]))?;
 
     let mut cmd = Command::new(kcm_bin);
     cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -347,7 +365,7 @@ fn start(rt: &tokio::runtime::Runtime, spawner: mpsc::Sender<SpawnJob>) -> Resul
         create_node(&client).await?;
         let moto = Moto::ready(moto_proc, moto_addr).await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        let running: Vec<&Proc> = procs.iter().collect();
+        let running: Vec<&Proc> = procs.iter().chain([&*first_apiserver]).collect();
         wait_for_while_running(
             "ServiceAccount default/default (kube-controller-manager)",
             Duration::from_secs(60),
@@ -386,6 +404,7 @@ fn start(rt: &tokio::runtime::Runtime, spawner: mpsc::Sender<SpawnJob>) -> Resul
         ca_pem: pki.ca_pem.clone(),
         config,
         moto,
+        apiserver,
         procs,
         spawner: std::sync::Mutex::new(spawner),
     })
@@ -426,10 +445,9 @@ async fn load_config(path: &Path) -> Result<Config, Error> {
         .map_err(|e| Error::Kubeconfig(e.to_string()))
 }
 
-async fn wait_readyz(client: &Client, procs: &[Proc]) -> Result<(), Error> {
-    let procs: Vec<&Proc> = procs.iter().collect();
+async fn wait_readyz(client: &Client, procs: &[&Proc]) -> Result<(), Error> {
     let what = "kube-apiserver /readyz";
-    wait_for_while_running(what, Duration::from_secs(90), &procs, || async {
+    wait_for_while_running(what, Duration::from_secs(90), procs, || async {
         let req = http::Request::get("/readyz")
             .body(Vec::new())
             .map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@
 //! Tests use [`Cluster::shared`]: one cluster per test binary, isolated per test by namespace
 //! ([`Cluster::new_namespace`]) and by AWS account id ([`Moto::new_account`]).
 
+mod apiserver;
 mod certs;
 mod cluster;
 pub mod kubelet;
@@ -18,6 +19,7 @@ pub mod upstream;
 
 use std::path::{Path, PathBuf};
 
+pub use apiserver::ApiserverStop;
 pub use cluster::{Cluster, LogGuard, install_crypto_provider};
 pub use moto::{AccountId, CallCounter, Moto};
 pub use process::{Proc, free_port};

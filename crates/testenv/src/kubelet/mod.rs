@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 pub use csi::RegisteredDriver;
 pub use env::EnvError;
+pub use volumes::volume_handle;
 
 /// How the simulator is set up.
 #[derive(Debug, Clone)]

@@ -1,0 +1,161 @@
+//! kube-apiserver as a component that tests can stop and start again: same binary, port, certs,
+//! flags and etcd, so every kubeconfig and client stays valid across the outage.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::certs::Pki;
+use crate::process::{Proc, tail};
+use crate::{Error, cluster::SA_ISSUER};
+
+/// Component (and log file) name.
+pub(crate) const NAME: &str = "kube-apiserver";
+
+/// How long a graceful stop may take before the process is killed.
+const GRACEFUL_STOP: Duration = Duration::from_secs(30);
+
+/// How [`crate::Cluster::stop_apiserver`] ends the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiserverStop {
+    /// SIGTERM, as a control-plane upgrade does: open watches are closed and in-flight requests
+    /// drained (killed after 30 s if it has not exited).
+    Graceful,
+    /// SIGKILL, as a crash or an OOM kill does: connections are reset mid-request.
+    Kill,
+}
+
+/// The apiserver's command line (kept to start it again) and its current process.
+#[derive(Debug)]
+pub(crate) struct Apiserver {
+    bin: PathBuf,
+    args: Vec<String>,
+    log_dir: PathBuf,
+    /// `None` while stopped. An `Arc` so that waiters need not hold the lock.
+    current: Mutex<Option<Arc<Proc>>>,
+    /// How many times it was stopped; names the log files of earlier runs.
+    stops: Mutex<usize>,
+}
+
+/// The addresses and files the apiserver is started with.
+pub(crate) struct ApiserverFlags<'a> {
+    pub etcd_url: &'a str,
+    pub port: u16,
+    pub run_dir: &'a Path,
+    pub pki: &'a Pki,
+}
+
+impl Apiserver {
+    /// Starts it from the current thread, which must outlive it (the cluster thread: the
+    /// parent-death signal follows the spawning thread).
+    pub(crate) fn start(
+        bin: PathBuf,
+        flags: &ApiserverFlags<'_>,
+        log_dir: &Path,
+    ) -> Result<Self, Error> {
+        let apiserver = Self {
+            bin,
+            args: args(flags),
+            log_dir: log_dir.to_path_buf(),
+            current: Mutex::new(None),
+            stops: Mutex::new(0),
+        };
+        let proc = Proc::spawn(NAME, apiserver.command(), log_dir)?;
+        *apiserver.lock() = Some(Arc::new(proc));
+        Ok(apiserver)
+    }
+
+    /// A command identical to the first start's.
+    pub(crate) fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args);
+        cmd
+    }
+
+    /// The running process, `None` while stopped.
+    pub(crate) fn process(&self) -> Option<Arc<Proc>> {
+        self.lock().clone()
+    }
+
+    /// Fails if it exited on its own or was stopped.
+    pub(crate) fn check_running(&self) -> Result<(), Error> {
+        match self.process() {
+            Some(proc) => proc.check_running(),
+            None => {
+                let stops = *self.stops.lock().unwrap_or_else(|e| e.into_inner());
+                Err(Error::Exited {
+                    name: NAME.into(),
+                    status: "stopped by the test (Cluster::stop_apiserver)".into(),
+                    log_tail: tail(&self.log_dir.join(format!("{NAME}.{stops}.log")), 40),
+                })
+            }
+        }
+    }
+
+    /// Stops it (no-op when already stopped) and moves its log to `kube-apiserver.<n>.log`, so
+    /// that the next run's log starts empty at the usual path and the earlier runs stay readable
+    /// in [`crate::Cluster::log_tails`].
+    pub(crate) fn stop(&self, how: ApiserverStop) {
+        let Some(proc) = self.lock().take() else {
+            return;
+        };
+        if how == ApiserverStop::Graceful {
+            let _ = kill(Pid::from_raw(proc.pid() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + GRACEFUL_STOP;
+            while proc.check_running().is_ok() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        proc.stop();
+        let mut stops = self.stops.lock().unwrap_or_else(|e| e.into_inner());
+        *stops += 1;
+        let log = proc.log_path();
+        let _ = std::fs::rename(log, log.with_file_name(format!("{NAME}.{}.log", *stops)));
+    }
+
+    /// Records a process started with [`Apiserver::command`] as the current one. Fails if one is
+    /// already running (the port would be taken).
+    pub(crate) fn set_started(&self, proc: Proc) -> Result<Arc<Proc>, Error> {
+        let mut current = self.lock();
+        if current.is_some() {
+            return Err(Error::Http(format!("{NAME} is already running")));
+        }
+        let proc = Arc::new(proc);
+        *current = Some(proc.clone());
+        Ok(proc)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Proc>>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn args(f: &ApiserverFlags<'_>) -> Vec<String> {
+    let pki = f.pki;
+    vec![
+        format!("--etcd-servers={}", f.etcd_url),
+        format!("--secure-port={}", f.port),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        format!("--cert-dir={}", f.run_dir.join("pki").display()),
+        format!("--tls-cert-file={}", pki.serving_cert.display()),
+        format!("--tls-private-key-file={}", pki.serving_key.display()),
+        format!("--client-ca-file={}", pki.ca_cert.display()),
+        "--authorization-mode=Node,RBAC".into(),
+        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        format!("--service-account-issuer={SA_ISSUER}"),
+        format!("--service-account-key-file={}", pki.sa_pub.display()),
+        format!(
+            "--service-account-signing-key-file={}",
+            pki.sa_key.display()
+        ),
+        format!("--api-audiences={SA_ISSUER}"),
+        "--allow-privileged=true".into(),
+        "--profiling=false".into(),
+        "--enable-priority-and-fairness=false".into(),
+    ]
+}
