@@ -174,3 +174,40 @@ pub async fn apiserver_requests(cluster: &Cluster) -> anyhow::Result<f64> {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
 }
+
+/// The audit log's current length: where a span's requests start.
+pub fn audit_log_len(cluster: &Cluster) -> u64 {
+    std::fs::metadata(cluster.audit_log())
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+/// Requests in the audit log after byte `offset` whose user agent `owns`, per
+/// "VERB resource[/subresource]".
+pub fn audited_requests(
+    cluster: &Cluster,
+    offset: u64,
+    owns: impl Fn(&str) -> bool,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    use std::io::{BufRead, Seek, SeekFrom};
+    let mut file = std::fs::File::open(cluster.audit_log())?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut counts = BTreeMap::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(&line?) else {
+            continue; // a line still being written
+        };
+        let agent = event["userAgent"].as_str().unwrap_or("");
+        if !owns(agent) {
+            continue;
+        }
+        let verb = event["verb"].as_str().unwrap_or("?");
+        let object = &event["objectRef"];
+        let mut kind = format!("{verb} {}", object["resource"].as_str().unwrap_or("-"));
+        if let Some(sub) = object["subresource"].as_str() {
+            kind = format!("{kind}/{sub}");
+        }
+        *counts.entry(kind).or_insert(0) += 1;
+    }
+    Ok(counts)
+}

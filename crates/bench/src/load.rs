@@ -19,30 +19,74 @@ use crate::stack::RunningStack;
 /// stack's CPU time.
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
-    /// AWS calls per action seen at the counting proxy.
+    /// AWS calls per action seen at the stack's counting proxy.
     pub aws: BTreeMap<String, u64>,
     /// `apiserver_request_total`, all clients.
     pub api_requests: f64,
+    /// Requests the stack's own processes made, per "VERB resource[/subresource]", from the
+    /// apiserver's audit log (told apart by user agent).
+    pub stack_api: BTreeMap<String, u64>,
     /// CPU seconds of the stack's processes.
     pub cpu: Duration,
 }
 
-impl Counters {
+/// The counters at the start of a span of a scenario; [`Span::finish`] gives the deltas.
+pub struct Span<'a> {
+    cluster: &'a Cluster,
+    stack: &'a RunningStack,
+    aws: BTreeMap<String, u64>,
+    api_requests: f64,
+    audit_offset: u64,
+    cpu: Duration,
+}
+
+impl<'a> Span<'a> {
     /// Reads the counters now.
-    pub async fn read(cluster: &Cluster, stack: &RunningStack) -> anyhow::Result<Self> {
+    pub async fn start(cluster: &'a Cluster, stack: &'a RunningStack) -> anyhow::Result<Self> {
         Ok(Self {
+            cluster,
+            stack,
             aws: stack.aws.calls(),
             api_requests: fixtures::apiserver_requests(cluster).await?,
+            audit_offset: fixtures::audit_log_len(cluster),
             cpu: procfs::cpu_time_sum(&stack.pids())?,
         })
     }
 
-    /// `later - self`.
-    pub fn delta(&self, later: &Self) -> Self {
-        Self {
-            aws: calls_delta(&self.aws, &later.aws),
-            api_requests: later.api_requests - self.api_requests,
-            cpu: later.cpu.saturating_sub(self.cpu),
+    /// The counts since [`Span::start`].
+    pub async fn finish(self) -> anyhow::Result<Counters> {
+        let api_requests = fixtures::apiserver_requests(self.cluster).await?;
+        let cpu = procfs::cpu_time_sum(&self.stack.pids())?;
+        Ok(Counters {
+            aws: calls_delta(&self.aws, &self.stack.aws.calls()),
+            api_requests: api_requests - self.api_requests,
+            stack_api: fixtures::audited_requests(self.cluster, self.audit_offset, |agent| {
+                self.stack.kind.owns_user_agent(agent)
+            })?,
+            cpu: cpu.saturating_sub(self.cpu),
+        })
+    }
+}
+
+impl Counters {
+    /// The stack's own Kubernetes API requests.
+    pub fn stack_api_total(&self) -> u64 {
+        self.stack_api.values().sum()
+    }
+
+    /// The stack's `n` most frequent request kinds, as "VERB resource: count, …".
+    pub fn top_stack_requests(&self, n: usize) -> String {
+        let mut kinds: Vec<(&String, &u64)> = self.stack_api.iter().collect();
+        kinds.sort_by(|a, b| b.1.cmp(a.1));
+        let top: Vec<String> = kinds
+            .iter()
+            .take(n)
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        if top.is_empty() {
+            "none".into()
+        } else {
+            top.join(", ")
         }
     }
 
@@ -121,7 +165,7 @@ pub async fn burst(
 ) -> anyhow::Result<(Burst, KubeletSim)> {
     let sim = kubelet(cluster, stack, tenant, Duration::from_secs(3600));
     let api: Api<Pod> = Api::namespaced(cluster.client(), &tenant.namespace);
-    let before = Counters::read(cluster, stack).await?;
+    let span = Span::start(cluster, stack).await?;
     let start = Instant::now();
     stream::iter(0..pods)
         .map(|i| {
@@ -137,11 +181,10 @@ pub async fn burst(
         .await?;
     wait_published(&sim, pods, stack).await?;
     let wall = start.elapsed();
-    let after = Counters::read(cluster, stack).await?;
     Ok((
         Burst {
             wall,
-            counters: before.delta(&after),
+            counters: span.finish().await?,
         },
         sim,
     ))
@@ -159,12 +202,12 @@ pub async fn rotation(
 ) -> anyhow::Result<Counters> {
     let sim = kubelet(cluster, stack, tenant, republish);
     wait_published(&sim, pods, stack).await?;
-    let before = Counters::read(cluster, stack).await?;
+    let span = Span::start(cluster, stack).await?;
     tokio::time::sleep(run).await;
     stack.check_running()?;
-    let after = Counters::read(cluster, stack).await?;
+    let counters = span.finish().await?;
     clear(cluster, &sim, tenant).await?;
-    Ok(before.delta(&after))
+    Ok(counters)
 }
 
 /// Deletes the tenant's pods and waits until `sim` has unpublished their volumes, so no tmpfs

@@ -31,6 +31,23 @@ impl StackKind {
         }
     }
 
+    /// Whether a request with this `User-Agent` came from one of this stack's processes (ours
+    /// name their component; the upstream driver's controller-runtime client sends
+    /// `csi-secrets-store/…`; ASCP sends client-go's default, its binary name).
+    pub fn owns_user_agent(self, agent: &str) -> bool {
+        let ours = |component: &str| {
+            agent.starts_with("secrets-store-rs/") && agent.ends_with(&format!("({component})"))
+        };
+        match self {
+            Self::Ours => ours("node"),
+            Self::UpstreamDriver => agent.starts_with("csi-secrets-store/") || ours("provider-aws"),
+            Self::UpstreamPair => {
+                agent.starts_with("csi-secrets-store/")
+                    || agent.starts_with("secrets-store-csi-driver-provider-aws")
+            }
+        }
+    }
+
     /// Short name for namespaces and pod names.
     pub fn slug(self) -> &'static str {
         match self {

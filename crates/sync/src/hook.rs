@@ -1,6 +1,6 @@
 //! Plugs secret sync into the node service: after a volume's files are written and its pod
-//! status recorded, write the class's Secrets before `NodePublishVolume` returns, then roll
-//! opted-in workloads whose Secret data changed.
+//! status recorded, write the class's Secrets before `NodePublishVolume` returns (the syncer
+//! also rolls opted-in workloads whose Secret data changed).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,19 +12,17 @@ use secrets_store_driver::node::{AfterMount, AfterMountError, MountedVolume};
 use secrets_store_provider::SecretBytes;
 
 use crate::files::VolumeFiles;
-use crate::rollout::Rollout;
 use crate::syncer::{ClassLookup, SecretSync, SyncRequest};
 
 /// The [`AfterMount`] hook that syncs Kubernetes Secrets.
 pub struct SecretSyncHook {
     sync: SecretSync,
-    rollout: Option<Rollout>,
 }
 
 impl SecretSyncHook {
-    /// A hook writing Secrets through `sync`, and rolling workloads through `rollout` if enabled.
-    pub fn new(sync: SecretSync, rollout: Option<Rollout>) -> Self {
-        Self { sync, rollout }
+    /// A hook writing Secrets through `sync`.
+    pub fn new(sync: SecretSync) -> Self {
+        Self { sync }
     }
 }
 
@@ -74,8 +72,7 @@ impl AfterMount for SecretSyncHook {
             pod_status: volume.pod_status,
             files,
         };
-        let report = self
-            .sync
+        self.sync
             .sync_volume(&request)
             .await
             .map_err(|e| AfterMountError {
@@ -83,18 +80,6 @@ impl AfterMount for SecretSyncHook {
                 retryable: e.retryable(),
                 message: e.to_string(),
             })?;
-        if let Some(rollout) = &self.rollout {
-            for (secret, data) in &report.data_changed {
-                match rollout.secret_changed(namespace, secret, data).await {
-                    Ok(patched) if !patched.is_empty() => {
-                        tracing::info!(%namespace, %secret, workloads = ?patched, "rolling workloads after Secret change");
-                    }
-                    Ok(_) => {}
-                    // The Secret itself is right; a failed rollout must not fail the mount.
-                    Err(e) => tracing::warn!(error = %e, "rollout after Secret change failed"),
-                }
-            }
-        }
         Ok(())
     }
 }

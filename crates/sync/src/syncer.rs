@@ -22,6 +22,7 @@ use crate::consumers::{consumers_of, pod_status_owner};
 use crate::desired::{DesiredSecretError, desired_secret, is_managed};
 use crate::files::VolumeFiles;
 use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_references};
+use crate::rollout::Rollout;
 
 /// A volume that was just mounted (or remounted) and whose synced Secrets must be written.
 pub struct SyncRequest<'a> {
@@ -147,6 +148,7 @@ pub struct SecretSync {
     classes: Arc<dyn ClassLookup>,
     locks: Arc<StdMutex<SecretLocks>>,
     secrets_changed: Arc<Notify>,
+    rollout: Option<Rollout>,
 }
 
 impl SecretSync {
@@ -208,8 +210,16 @@ impl SecretSync {
             classes,
             locks: Arc::default(),
             secrets_changed,
+            rollout: None,
         };
         (sync, drive)
+    }
+
+    /// Rolls opted-in workloads whenever this syncer changes a Secret's data, on a mount or in
+    /// the drift reconciler alike (a rotation the reconciler writes first must roll too).
+    pub fn with_rollout(mut self, rollout: Rollout) -> Self {
+        self.rollout = Some(rollout);
+        self
     }
 
     /// Waits until the watches have listed once (before serving publishes).
@@ -252,9 +262,27 @@ impl SecretSync {
                 }
             }
         }
+        self.roll_out(&namespace, &report.data_changed).await;
         match first_error {
             Some(e) => Err(e),
             None => Ok(report),
+        }
+    }
+
+    /// Rolls the workloads that opted in to changes of these Secrets. The Secrets themselves
+    /// are right already, so a failed rollout is logged, never returned.
+    async fn roll_out(&self, namespace: &str, changed: &[(String, BTreeMap<String, SecretBytes>)]) {
+        let Some(rollout) = &self.rollout else {
+            return;
+        };
+        for (secret, data) in changed {
+            match rollout.secret_changed(namespace, secret, data).await {
+                Ok(patched) if !patched.is_empty() => {
+                    tracing::info!(%namespace, %secret, workloads = ?patched, "rolling workloads after Secret change");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "rollout after Secret change failed"),
+            }
         }
     }
 

@@ -19,6 +19,18 @@ pub(crate) const NAME: &str = "kube-apiserver";
 /// How long a graceful stop may take before the process is killed.
 const GRACEFUL_STOP: Duration = Duration::from_secs(30);
 
+/// The audit log's file name in the log dir: one JSON line per finished request, with the
+/// client's user agent, so a benchmark can tell which process made which requests.
+pub(crate) const AUDIT_LOG: &str = "audit.log";
+
+/// Metadata only (never request or response bodies, which hold Secret data), once per request.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+";
+
 /// How [`crate::Cluster::stop_apiserver`] ends the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiserverStop {
@@ -57,9 +69,17 @@ impl Apiserver {
         flags: &ApiserverFlags<'_>,
         log_dir: &Path,
     ) -> Result<Self, Error> {
+        let policy = flags.run_dir.join("audit-policy.yaml");
+        std::fs::write(&policy, AUDIT_POLICY).map_err(|e| Error::io(&policy, e))?;
+        let mut args = args(flags);
+        args.extend([
+            format!("--audit-policy-file={}", policy.display()),
+            format!("--audit-log-path={}", log_dir.join(AUDIT_LOG).display()),
+            "--audit-log-format=json".into(),
+        ]);
         let apiserver = Self {
             bin,
-            args: args(flags),
+            args,
             log_dir: log_dir.to_path_buf(),
             current: Mutex::new(None),
             stops: Mutex::new(0),

@@ -89,6 +89,11 @@ impl Cluster {
         &self.moto
     }
 
+    /// The apiserver's audit log (JSON lines, metadata level, one per finished request).
+    pub fn audit_log(&self) -> PathBuf {
+        self.log_dir.join(crate::apiserver::AUDIT_LOG)
+    }
+
     /// Directory with one log file per component.
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
@@ -102,6 +107,18 @@ impl Cluster {
     /// Creates a namespace named `<prefix>-<random>` and waits until its `default`
     /// ServiceAccount exists (pods cannot be created before).
     pub async fn new_namespace(&self, prefix: &str) -> String {
+        self.namespace_with_default_account(prefix, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tails(30)))
+    }
+
+    /// [`Cluster::new_namespace`] without panicking, waiting up to `timeout` for
+    /// kube-controller-manager to create the `default` ServiceAccount.
+    async fn namespace_with_default_account(
+        &self,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<String, Error> {
         let client = self.client();
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let ns = Namespace {
@@ -114,20 +131,19 @@ impl Cluster {
         let created = namespaces
             .create(&PostParams::default(), &ns)
             .await
-            .expect("creating test namespace");
-        let name = created.metadata.name.expect("generated namespace name");
+            .map_err(|e| Error::Http(format!("creating namespace {prefix}-*: {e}")))?;
+        let name = created.metadata.name.unwrap_or_default();
         let sas: Api<ServiceAccount> = Api::namespaced(client, &name);
         let what = format!("ServiceAccount default in namespace {name}");
-        wait_for(&what, Duration::from_secs(30), || async {
+        wait_for(&what, timeout, || async {
             match sas.get_opt("default").await {
                 Ok(Some(_)) => Ok(true),
                 Ok(None) => Ok(false),
                 Err(e) => Err(e.to_string()),
             }
         })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tails(30)));
-        name
+        .await?;
+        Ok(name)
     }
 
     /// Starts `cmd` as a harness process (log in [`Cluster::log_dir`], killed when the test binary
@@ -187,7 +203,8 @@ impl Cluster {
 
     /// Starts kube-apiserver again with the same binary, port, certificates, flags and etcd (so
     /// kubeconfigs and clients stay valid), tied to the cluster thread like the first run, and
-    /// waits until `/readyz` is ok. Fails if it is already running.
+    /// waits until `/readyz` is ok and kube-controller-manager works again. Fails if it is
+    /// already running.
     pub async fn start_apiserver(&self) -> Result<(), Error> {
         if self.apiserver.process().is_some() {
             return Err(Error::Http(format!(
@@ -199,8 +216,19 @@ impl Cluster {
         let proc = self.spawn(apiserver::NAME, self.apiserver.command())?;
         let proc = self.apiserver.set_started(proc)?;
         wait_readyz(&self.client(), &[&proc]).await?;
+        // Ready is not usable: kube-controller-manager's informers come back on client-go's
+        // jittered backoff, which grows over repeated outages (seen: 25 s, then 69 s, then 86 s
+        // for three restarts in one binary), and until then new namespaces get no
+        // ServiceAccount. Return once a fresh namespace gets one, so the next test finds a whole
+        // control plane.
+        let probe = self
+            .namespace_with_default_account("testenv-restart-probe", Duration::from_secs(240))
+            .await?;
+        let _ = Api::<Namespace>::all(self.client())
+            .delete(&probe, &Default::default())
+            .await;
         eprintln!(
-            "testenv: kube-apiserver ready again in {:.1}s",
+            "testenv: kube-apiserver ready again, controllers included, in {:.1}s",
             started.elapsed().as_secs_f64()
         );
         Ok(())

@@ -6,6 +6,25 @@ pub mod node;
 pub mod provider_aws;
 pub mod signal;
 
+/// The Kubernetes client of `component` (in-cluster config or `KUBECONFIG`), sending
+/// `User-Agent: secrets-store-rs/<version> (<component>)` so that audit logs and API server
+/// metrics tell our requests apart (kube-rs sends none of its own).
+pub async fn kube_client(component: &str) -> anyhow::Result<kube::Client> {
+    use anyhow::Context as _;
+    let mut config = kube::Config::infer()
+        .await
+        .context("no Kubernetes client config (in-cluster or KUBECONFIG)")?;
+    let agent = format!(
+        "secrets-store-rs/{} ({component})",
+        env!("CARGO_PKG_VERSION")
+    );
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent).context("user agent")?,
+    ));
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
 /// A number of seconds, fractions allowed (`5`, `0.25`), as a clap value parser: the AWS cache
 /// TTL is set in seconds, and a benchmark that scales every interval down needs fractions.
 pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {

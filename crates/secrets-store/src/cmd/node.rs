@@ -114,7 +114,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         !args.node_id.is_empty(),
         "--node-id (KUBE_NODE_NAME) is empty"
     );
-    let client = kube::Client::try_default()
+    let client = super::kube_client("node")
         .await
         .context("building the Kubernetes client (in-cluster config or KUBECONFIG)")?;
 
@@ -150,24 +150,21 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         service = service.with_rotation(args.rotation_poll_interval);
     }
     if args.enable_secret_sync {
-        let (sync, watches) =
+        let (mut sync, watches) =
             SecretSync::new(client.clone(), &args.node_id, Arc::new(service.classes()));
         tokio::spawn(watches);
+        // Rollout is opt-in per workload; without its key Secret, sync still works.
+        match Rollout::new(client.clone(), &args.namespace, reporter(&args.node_id)).await {
+            Ok(rollout) => sync = sync.with_rollout(rollout),
+            Err(e) => {
+                tracing::warn!(namespace = %args.namespace, error = %e, "rollout on Secret change disabled: no digest key");
+            }
+        }
         tokio::spawn(
             sync.clone()
                 .run_reconciler(args.secret_reconcile_interval, reporter(&args.node_id)),
         );
-        // Rollout is opt-in per workload; without its key Secret, sync still works.
-        let rollout = match Rollout::new(client.clone(), &args.namespace, reporter(&args.node_id))
-            .await
-        {
-            Ok(rollout) => Some(rollout),
-            Err(e) => {
-                tracing::warn!(namespace = %args.namespace, error = %e, "rollout on Secret change disabled: no digest key");
-                None
-            }
-        };
-        service = service.with_hook(Arc::new(SecretSyncHook::new(sync, rollout)));
+        service = service.with_hook(Arc::new(SecretSyncHook::new(sync)));
     }
     if args.provider_health_check {
         let dirs: Vec<PathBuf> = args

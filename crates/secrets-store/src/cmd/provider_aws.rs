@@ -41,7 +41,7 @@ pub struct ProviderAwsArgs {
 
 /// Runs the provider server until SIGINT/SIGTERM.
 pub async fn run(args: ProviderAwsArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.context(
+    let client = super::kube_client("provider-aws").await.context(
         "connecting to the Kubernetes API (ServiceAccount role annotations are read there)",
     )?;
     let mut config = AwsProviderConfig::from_env();
