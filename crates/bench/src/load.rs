@@ -28,6 +28,9 @@ pub struct Counters {
     pub stack_api: BTreeMap<String, u64>,
     /// CPU seconds of the stack's processes.
     pub cpu: Duration,
+    /// Successful `NodePublishVolume` calls the kubelet simulator made (scenario 3: how many
+    /// republishes the stack served; a slow stack is republished less often).
+    pub publishes: u64,
 }
 
 /// The counters at the start of a span of a scenario; [`Span::finish`] gives the deltas.
@@ -64,8 +67,14 @@ impl<'a> Span<'a> {
                 self.stack.kind.owns_user_agent(agent)
             })?,
             cpu: cpu.saturating_sub(self.cpu),
+            publishes: 0,
         })
     }
+}
+
+/// Successful publishes the simulator made so far, over all its volumes.
+fn publishes(sim: &KubeletSim) -> u64 {
+    sim.published().iter().map(|v| v.publish_count).sum()
 }
 
 impl Counters {
@@ -203,9 +212,11 @@ pub async fn rotation(
     let sim = kubelet(cluster, stack, tenant, republish);
     wait_published(&sim, pods, stack).await?;
     let span = Span::start(cluster, stack).await?;
+    let published_before = publishes(&sim);
     tokio::time::sleep(run).await;
     stack.check_running()?;
-    let counters = span.finish().await?;
+    let mut counters = span.finish().await?;
+    counters.publishes = publishes(&sim) - published_before;
     clear(cluster, &sim, tenant).await?;
     Ok(counters)
 }

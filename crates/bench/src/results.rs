@@ -311,6 +311,14 @@ impl Table<'_> {
             target: None,
             estimate: None,
         });
+        metrics.push(Metric {
+            scenario: "3 steady rotation".into(),
+            metric: "republishes served in the run (kubelet sim: 1 s period, serial)".into(),
+            value: Box::new(|r| r.rotation.as_ref().map(|c| c.publishes as f64)),
+            show: Box::new(|_, v| format!("{v:.0}")),
+            target: None,
+            estimate: None,
+        });
         type Pick = fn(&StackResults) -> Option<Memory>;
         let mem: [(&str, Pick); 3] = [
             ("idle", |r| r.mem_idle),
@@ -367,6 +375,17 @@ impl Table<'_> {
                 estimate: None,
             });
         }
+        metrics.push(Metric {
+            scenario: "6 CPU".into(),
+            metric: "CPU milliseconds per republish served during 3".into(),
+            value: Box::new(|r| {
+                let c = r.rotation.as_ref()?;
+                (c.publishes > 0).then(|| c.cpu.as_secs_f64() * 1000.0 / c.publishes as f64)
+            }),
+            show: Box::new(|_, v| format!("{v:.2} ms")),
+            target: None,
+            estimate: None,
+        });
         metrics.iter().filter_map(|m| self.row(m)).collect()
     }
 }
