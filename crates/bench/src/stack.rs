@@ -200,7 +200,11 @@ fn start_ours(
         .args(["--namespace", &cfg.namespace])
         .args(["--aws-cache-ttl-seconds", &cfg.aws_cache_ttl_seconds])
         .env("KUBECONFIG", cluster.kubeconfig_path())
-        .env("RUST_LOG", "warn")
+        // `BENCH_OURS_LOG=debug` gives the per-stage timestamps BENCHMARKS.md's profile uses.
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_OURS_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_ENDPOINT_URL", aws.endpoint());
