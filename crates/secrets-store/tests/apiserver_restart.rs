@@ -20,9 +20,8 @@ mod kubelet;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use secrets_store_api::crd::SecretProviderClass;
 use secrets_store_testenv::ApiserverStop;
 use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
@@ -30,7 +29,7 @@ use tonic::Code;
 
 use checks::{
     assert_agent_alive, assert_no_orphaned_secret, assert_no_secret_value, current_version,
-    is_mount_point, latest_event, pod_name, pod_statuses, publish_counts, put_secret, unix_seconds,
+    is_mount_point, latest_event, pod_name, pod_statuses, publish_counts, unix_seconds,
     wait_for_secret,
 };
 use common::node_client;
@@ -43,8 +42,6 @@ const SECRET: &str = "CSI-driver-test-secret";
 /// The seed's SecretProviderClass and ServiceAccount.
 const CLASS: &str = "nginx-deployment-aws-secrets";
 const SERVICE_ACCOUNT: &str = "nginx-deployment-sa";
-/// The seed's Deployment.
-const DEPLOYMENT: &str = "csi-secret-driver-test-nginx-deployment";
 /// How long kube-apiserver stays down.
 const OUTAGE: Duration = Duration::from_secs(12);
 /// kubelet's republish period in these tests (with a 1 s rotation poll).
@@ -74,7 +71,7 @@ async fn apiserver_restart_during_rotation_loses_nothing() {
     // Rotate, and take the apiserver away at once: the agent picks the new version up during
     // the outage (kubelet republishes every 500 ms, the poll interval is 1 s), so its file
     // writes, status writes and the Secret update are all in flight when the API is gone.
-    put_secret(&world, "rotated").await;
+    world.rotate("rotated").await;
     world.cluster.stop_apiserver(ApiserverStop::Kill);
     let pending_at_stop: Vec<bool> = pods
         .iter()
@@ -202,7 +199,7 @@ async fn apiserver_restart_during_rotation_loses_nothing() {
     wait_for_secret(&world, &world.namespace, "rotated").await;
 
     // A rotation after the restart: files, Secret, and an Event per pod recorded after it.
-    put_secret(&world, "rotated-again").await;
+    world.rotate("rotated-again").await;
     for pod in &pods {
         eventually(WAIT, "the second rotation in the file", || async {
             (world.file(pod, SECRET).as_deref() == Some("rotated-again")).then_some(())
@@ -236,16 +233,7 @@ async fn rotation_during_an_outage_still_rolls_out_opted_in_workloads() {
     let role = world.seed_aws("secretkey").await;
     world.apply_seed(&role).await;
     let pods = world.running_pods(3).await;
-    Api::<Deployment>::namespaced(world.cluster.client(), &world.namespace)
-        .patch(
-            DEPLOYMENT,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
-                "secrets-store.csi.x-k8s.io/rollout-on-secret-change": "true"
-            }}})),
-        )
-        .await
-        .unwrap();
+    world.opt_in_rollout().await;
     let mut republishes = Vec::new();
     for pod in &pods {
         let tokens = kubelet_tokens(&world, pod).await;
@@ -253,7 +241,7 @@ async fn rotation_during_an_outage_still_rolls_out_opted_in_workloads() {
     }
 
     world.cluster.stop_apiserver(ApiserverStop::Graceful);
-    put_secret(&world, "rotated").await;
+    world.rotate("rotated").await;
     // Play kubelet until every pod's file holds the rotated value (AWS is reachable).
     let mut agent = node_client(&world.agent.socket);
     let down_since = Instant::now();
@@ -278,14 +266,7 @@ async fn rotation_during_an_outage_still_rolls_out_opted_in_workloads() {
         .expect("kube-apiserver starts again");
 
     // One rollout: new pods whose environment has the rotated value.
-    let old: Vec<_> = pods.iter().map(|p| p.metadata.uid.clone()).collect();
-    let fresh: Vec<Pod> = eventually(WAIT, "pods of the rolled Deployment", || async {
-        let pods = world.running_pods(3).await;
-        pods.iter()
-            .all(|p| !old.contains(&p.metadata.uid))
-            .then_some(pods)
-    })
-    .await;
+    let fresh = world.rolled_pods(&pods, 3).await;
     for pod in &fresh {
         let env = world.env(pod).await;
         assert_eq!(

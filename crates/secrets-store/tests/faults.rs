@@ -512,16 +512,7 @@ async fn aws_outage_keeps_last_good_content_and_bounds_calls() {
     proxy.set(ProxyMode::Refuse);
     let started = std::time::Instant::now();
     let before = proxy.connections.load(Ordering::SeqCst);
-    world
-        .cluster
-        .moto()
-        .sm_client(&world.account)
-        .put_secret_value()
-        .secret_id(SECRET)
-        .secret_string("after")
-        .send()
-        .await
-        .unwrap();
+    world.rotate("after").await;
     let warnings = eventually(WAIT, "SecretRotationFailed Event", || async {
         let m = world.pod_events("first", "SecretRotationFailed").await;
         (!m.is_empty()).then_some(m)

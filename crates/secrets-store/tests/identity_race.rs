@@ -54,26 +54,11 @@ async fn same_namespace_pods_of_a_denied_role_never_get_the_value() {
     service_account(world.cluster, &ns, "sa-a", &aws.role_a).await;
     service_account(world.cluster, &ns, "sa-b", &aws.role_b).await;
     apply_class(world.cluster, &ns).await;
-    world
-        .cluster
-        .moto()
-        .set_iam_enforcement(true)
-        .await
-        .expect("IAM enforcement on");
+    enforce_iam(&world, true).await;
 
     let a = Side::new(&ns, "sa-a", Role::A);
     let b = Side::new(&ns, "sa-b", Role::B);
-    let mut last_round = Vec::new();
-    for round in 0..3 {
-        let racers = interleaved(round, &a, &b, PODS_PER_ROLE, round % 2 == 1);
-        create_pods(world.cluster, &racers).await;
-        check_round(&world, &racers, &aws, &first, &[&first]).await;
-        if round < 2 {
-            delete_pods(world.cluster, &racers).await;
-        } else {
-            last_round = racers;
-        }
-    }
+    let last_round = race(&world, (&a, &b), &aws, &first, 3, |round| round % 2 == 1).await;
     let synced = Api::<Secret>::namespaced(world.cluster.client(), &ns);
     eventually(WAIT, "synced Secret with the first value", || async {
         (secret_value(&synced, SYNCED).await.as_deref() == Some(first.as_str())).then_some(())
@@ -113,12 +98,7 @@ async fn same_namespace_pods_of_a_denied_role_never_get_the_value() {
     let metrics_text = scrape(&metrics).await;
     assert_coalescing_served_a(&metrics_text);
     delete_pods(world.cluster, &last_round).await;
-    world
-        .cluster
-        .moto()
-        .set_iam_enforcement(false)
-        .await
-        .unwrap();
+    enforce_iam(&world, false).await;
     world.agent.stop();
     assert_nothing_leaked(&world, &[ns], &metrics_text, &[&first, &second]).await;
 }
@@ -143,26 +123,11 @@ async fn other_namespace_same_service_account_name_never_gets_the_value() {
     service_account(world.cluster, &ns_b, "app", &aws.role_b).await;
     apply_class(world.cluster, &ns_a).await;
     apply_class(world.cluster, &ns_b).await;
-    world
-        .cluster
-        .moto()
-        .set_iam_enforcement(true)
-        .await
-        .expect("IAM enforcement on");
+    enforce_iam(&world, true).await;
 
     let a = Side::new(&ns_a, "app", Role::A);
     let b = Side::new(&ns_b, "app", Role::B);
-    let mut last_round = Vec::new();
-    for round in 0..2 {
-        let racers = interleaved(round, &a, &b, PODS_PER_ROLE, round % 2 == 0);
-        create_pods(world.cluster, &racers).await;
-        check_round(&world, &racers, &aws, &first, &[&first]).await;
-        if round == 0 {
-            delete_pods(world.cluster, &racers).await;
-        } else {
-            last_round = racers;
-        }
-    }
+    let last_round = race(&world, (&a, &b), &aws, &first, 2, |round| round % 2 == 0).await;
     rotate_and_check(&world, &last_round, &aws, &first, &second).await;
     let synced_a = Api::<Secret>::namespaced(world.cluster.client(), &ns_a);
     eventually(WAIT, "synced Secret in A's namespace rotated", || async {
@@ -191,12 +156,7 @@ async fn other_namespace_same_service_account_name_never_gets_the_value() {
     let metrics_text = scrape(&metrics).await;
     assert_coalescing_served_a(&metrics_text);
     delete_pods(world.cluster, &last_round).await;
-    world
-        .cluster
-        .moto()
-        .set_iam_enforcement(false)
-        .await
-        .unwrap();
+    enforce_iam(&world, false).await;
     world.agent.stop();
     assert_nothing_leaked(&world, &[ns_a, ns_b], &metrics_text, &[&first, &second]).await;
 }
@@ -230,12 +190,7 @@ async fn direct_publishes_in_every_order_within_the_coalescing_ttl() {
     }
     let (pods_a, pods_b): (Vec<&DirectPod>, Vec<&DirectPod>) =
         pods.iter().partition(|p| p.role == Role::A);
-    world
-        .cluster
-        .moto()
-        .set_iam_enforcement(true)
-        .await
-        .expect("IAM enforcement on");
+    enforce_iam(&world, true).await;
 
     let client = common::node_client(&world.agent.socket);
     let mut denials = 0;
@@ -309,12 +264,7 @@ async fn direct_publishes_in_every_order_within_the_coalescing_ttl() {
 
     let metrics_text = scrape(&metrics).await;
     assert_coalescing_served_a(&metrics_text);
-    world
-        .cluster
-        .moto()
-        .set_iam_enforcement(false)
-        .await
-        .unwrap();
+    enforce_iam(&world, false).await;
     world.agent.stop();
     assert_nothing_leaked(&world, &[ns], &metrics_text, &[&value]).await;
 }
@@ -385,4 +335,39 @@ async fn rotate_and_check(world: &World, racers: &[Racer], aws: &Aws, first: &st
             }
         }
     }
+}
+
+/// Turns moto's IAM enforcement on or off (global to the moto server: tests take turns).
+async fn enforce_iam(world: &World, on: bool) {
+    world
+        .cluster
+        .moto()
+        .set_iam_enforcement(on)
+        .await
+        .unwrap_or_else(|e| panic!("IAM enforcement {on}: {e}"));
+}
+
+/// `rounds` rounds of interleaved A and B pods created at once through the kubelet simulator,
+/// each checked (A mounts `value`, B gets nothing); B's pods go first when `b_first(round)`.
+/// Every round but the last is deleted; the last round's pods are returned still mounted.
+async fn race(
+    world: &World,
+    (a, b): (&Side, &Side),
+    aws: &Aws,
+    value: &str,
+    rounds: usize,
+    b_first: impl Fn(usize) -> bool,
+) -> Vec<Racer> {
+    let mut last_round = Vec::new();
+    for round in 0..rounds {
+        let racers = interleaved(round, a, b, PODS_PER_ROLE, b_first(round));
+        create_pods(world.cluster, &racers).await;
+        check_round(world, &racers, aws, value, &[value]).await;
+        if round + 1 < rounds {
+            delete_pods(world.cluster, &racers).await;
+        } else {
+            last_round = racers;
+        }
+    }
+    last_round
 }

@@ -27,19 +27,6 @@ async fn scale(world: &World, replicas: i32) {
         .unwrap();
 }
 
-async fn put_secret(world: &World, value: &str) {
-    world
-        .cluster
-        .moto()
-        .sm_client(&world.account)
-        .put_secret_value()
-        .secret_id("CSI-driver-test-secret")
-        .secret_string(value)
-        .send()
-        .await
-        .expect("PutSecretValue");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_walkthrough_sync_rotation_and_garbage_collection() {
     let world = World::start("seed", "1s", Duration::from_millis(500)).await;
@@ -89,7 +76,7 @@ async fn seed_walkthrough_sync_rotation_and_garbage_collection() {
     assert!(world.secret("foosecret").await.is_some());
 
     // Rotation: the new value reaches the file and the Secret within interval + republish.
-    put_secret(&world, "rotated").await;
+    world.rotate("rotated").await;
     let pod = &pods[0];
     wait_for_value(&world, pod, "rotated").await;
 
@@ -135,28 +122,12 @@ async fn rotation_rolls_out_opted_in_deployment_once() {
     world.apply_seed(&role).await;
     let first = world.running_pods(3).await;
     let deployments: Api<Deployment> = Api::namespaced(world.cluster.client(), &world.namespace);
-    deployments
-        .patch(
-            DEPLOYMENT,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
-                "secrets-store.csi.x-k8s.io/rollout-on-secret-change": "true"
-            }}})),
-        )
-        .await
-        .unwrap();
+    world.opt_in_rollout().await;
 
-    put_secret(&world, "rotated").await;
+    world.rotate("rotated").await;
 
     // New pods (a second ReplicaSet) see the new value in their environment.
-    let old_uids: Vec<_> = first.iter().map(|p| p.metadata.uid.clone()).collect();
-    let fresh: Vec<Pod> = eventually(WAIT, "rolled pods", || async {
-        let pods = world.running_pods(3).await;
-        pods.iter()
-            .all(|p| !old_uids.contains(&p.metadata.uid))
-            .then_some(pods)
-    })
-    .await;
+    let fresh = world.rolled_pods(&first, 3).await;
     for pod in &fresh {
         let env = world.env(pod).await;
         assert_eq!(

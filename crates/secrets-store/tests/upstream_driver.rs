@@ -249,18 +249,6 @@ impl Drop for UpstreamNode {
     }
 }
 
-async fn put_secret(node: &UpstreamNode, value: &str) {
-    node.cluster
-        .moto()
-        .sm_client(&node.account)
-        .put_secret_value()
-        .secret_id(SECRET)
-        .secret_string(value)
-        .send()
-        .await
-        .expect("PutSecretValue");
-}
-
 fn sts_calls(cluster: &Cluster) -> u64 {
     let calls = cluster.moto().calls();
     calls.get("AssumeRoleWithWebIdentity").copied().unwrap_or(0)
@@ -446,7 +434,7 @@ async fn rotation_by_upstream_driver_reaches_file_and_synced_secret() {
     })
     .await;
 
-    put_secret(&node, "after-rotation").await;
+    e2e::rotate_seed_secret(node.cluster, &node.account, "after-rotation").await;
     let rotated = node.current_version().await;
     eventually(WAIT, "rotated file, status and Secret", || async {
         let file = node.file(&pod, SECRET);

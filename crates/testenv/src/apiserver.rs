@@ -1,5 +1,7 @@
-//! kube-apiserver as a component that tests can stop and start again: same binary, port, certs,
-//! flags and etcd, so every kubeconfig and client stays valid across the outage.
+//! Control-plane components that tests can stop and start again with the same command line:
+//! kube-apiserver (same binary, port, certs, flags and etcd, so every kubeconfig and client stays
+//! valid across the outage) and kube-controller-manager (restarted with it, as a control-plane
+//! restart does, instead of waiting out client-go's growing reconnect backoff).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,7 +15,7 @@ use crate::certs::Pki;
 use crate::process::{Proc, tail};
 use crate::{Error, cluster::SA_ISSUER};
 
-/// Component (and log file) name.
+/// The apiserver's component (and log file) name.
 pub(crate) const NAME: &str = "kube-apiserver";
 
 /// How long a graceful stop may take before the process is killed.
@@ -41,9 +43,10 @@ pub enum ApiserverStop {
     Kill,
 }
 
-/// The apiserver's command line (kept to start it again) and its current process.
+/// A component's command line (kept to start it again) and its current process.
 #[derive(Debug)]
-pub(crate) struct Apiserver {
+pub(crate) struct Restartable {
+    name: &'static str,
     bin: PathBuf,
     args: Vec<String>,
     log_dir: PathBuf,
@@ -61,32 +64,47 @@ pub(crate) struct ApiserverFlags<'a> {
     pub pki: &'a Pki,
 }
 
-impl Apiserver {
-    /// Starts it from the current thread, which must outlive it (the cluster thread: the
+/// kube-apiserver's command line, with a metadata-level audit log in `log_dir`.
+pub(crate) fn apiserver_args(
+    flags: &ApiserverFlags<'_>,
+    log_dir: &Path,
+) -> Result<Vec<String>, Error> {
+    let policy = flags.run_dir.join("audit-policy.yaml");
+    std::fs::write(&policy, AUDIT_POLICY).map_err(|e| Error::io(&policy, e))?;
+    let mut args = args(flags);
+    args.extend([
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", log_dir.join(AUDIT_LOG).display()),
+        "--audit-log-format=json".into(),
+    ]);
+    Ok(args)
+}
+
+impl Restartable {
+    /// Starts `name` from the current thread, which must outlive it (the cluster thread: the
     /// parent-death signal follows the spawning thread).
     pub(crate) fn start(
+        name: &'static str,
         bin: PathBuf,
-        flags: &ApiserverFlags<'_>,
+        args: Vec<String>,
         log_dir: &Path,
     ) -> Result<Self, Error> {
-        let policy = flags.run_dir.join("audit-policy.yaml");
-        std::fs::write(&policy, AUDIT_POLICY).map_err(|e| Error::io(&policy, e))?;
-        let mut args = args(flags);
-        args.extend([
-            format!("--audit-policy-file={}", policy.display()),
-            format!("--audit-log-path={}", log_dir.join(AUDIT_LOG).display()),
-            "--audit-log-format=json".into(),
-        ]);
-        let apiserver = Self {
+        let component = Self {
+            name,
             bin,
             args,
             log_dir: log_dir.to_path_buf(),
             current: Mutex::new(None),
             stops: Mutex::new(0),
         };
-        let proc = Proc::spawn(NAME, apiserver.command(), log_dir)?;
-        *apiserver.lock() = Some(Arc::new(proc));
-        Ok(apiserver)
+        let proc = Proc::spawn(name, component.command(), log_dir)?;
+        *component.lock() = Some(Arc::new(proc));
+        Ok(component)
+    }
+
+    /// The component (and log file) name.
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
     }
 
     /// A command identical to the first start's.
@@ -108,15 +126,15 @@ impl Apiserver {
             None => {
                 let stops = *self.stops.lock().unwrap_or_else(|e| e.into_inner());
                 Err(Error::Exited {
-                    name: NAME.into(),
+                    name: self.name.into(),
                     status: "stopped by the test (Cluster::stop_apiserver)".into(),
-                    log_tail: tail(&self.log_dir.join(format!("{NAME}.{stops}.log")), 40),
+                    log_tail: tail(&self.log_dir.join(format!("{}.{stops}.log", self.name)), 40),
                 })
             }
         }
     }
 
-    /// Stops it (no-op when already stopped) and moves its log to `kube-apiserver.<n>.log`, so
+    /// Stops it (no-op when already stopped) and moves its log to `<name>.<n>.log`, so
     /// that the next run's log starts empty at the usual path and the earlier runs stay readable
     /// in [`crate::Cluster::log_tails`].
     pub(crate) fn stop(&self, how: ApiserverStop) {
@@ -134,15 +152,18 @@ impl Apiserver {
         let mut stops = self.stops.lock().unwrap_or_else(|e| e.into_inner());
         *stops += 1;
         let log = proc.log_path();
-        let _ = std::fs::rename(log, log.with_file_name(format!("{NAME}.{}.log", *stops)));
+        let _ = std::fs::rename(
+            log,
+            log.with_file_name(format!("{}.{}.log", self.name, *stops)),
+        );
     }
 
-    /// Records a process started with [`Apiserver::command`] as the current one. Fails if one is
-    /// already running (the port would be taken).
+    /// Records a process started with [`Restartable::command`] as the current one. Fails if one
+    /// is already running (the apiserver's port would be taken).
     pub(crate) fn set_started(&self, proc: Proc) -> Result<Arc<Proc>, Error> {
         let mut current = self.lock();
         if current.is_some() {
-            return Err(Error::Http(format!("{NAME} is already running")));
+            return Err(Error::Http(format!("{} is already running", self.name)));
         }
         let proc = Arc::new(proc);
         *current = Some(proc.clone());

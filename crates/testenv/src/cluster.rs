@@ -14,7 +14,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 
-use crate::apiserver::{Apiserver, ApiserverFlags, ApiserverStop};
+use crate::apiserver::{ApiserverFlags, ApiserverStop, Restartable, apiserver_args};
 use crate::moto::Moto;
 use crate::process::{Proc, free_port, tail};
 use crate::{Error, apiserver, certs, tools};
@@ -37,8 +37,10 @@ pub struct Cluster {
     ca_pem: String,
     config: Config,
     moto: Moto,
-    apiserver: Apiserver,
-    /// etcd and kube-controller-manager.
+    apiserver: Restartable,
+    /// Restarted with the apiserver (see [`Cluster::start_apiserver`]).
+    controller_manager: Restartable,
+    /// etcd.
     procs: Vec<Proc>,
     spawner: std::sync::Mutex<mpsc::Sender<SpawnJob>>,
 }
@@ -188,6 +190,7 @@ impl Cluster {
     pub fn check_running(&self) -> Result<(), Error> {
         self.procs.iter().try_for_each(Proc::check_running)?;
         self.apiserver.check_running()?;
+        self.controller_manager.check_running()?;
         self.moto.process().check_running()
     }
 
@@ -203,8 +206,11 @@ impl Cluster {
 
     /// Starts kube-apiserver again with the same binary, port, certificates, flags and etcd (so
     /// kubeconfigs and clients stay valid), tied to the cluster thread like the first run, and
-    /// waits until `/readyz` is ok and kube-controller-manager works again. Fails if it is
-    /// already running.
+    /// waits until `/readyz` is ok. Then restarts kube-controller-manager, as a control-plane
+    /// restart does: left alone, its informers come back on client-go's jittered backoff, which
+    /// grows over repeated outages (seen: 25 s, 69 s, then 86 s for three restarts in one
+    /// binary), and until then namespaces get no ServiceAccount and Deployments do not roll.
+    /// Returns once a fresh namespace gets its ServiceAccount. Fails if the apiserver is running.
     pub async fn start_apiserver(&self) -> Result<(), Error> {
         if self.apiserver.process().is_some() {
             return Err(Error::Http(format!(
@@ -216,19 +222,20 @@ impl Cluster {
         let proc = self.spawn(apiserver::NAME, self.apiserver.command())?;
         let proc = self.apiserver.set_started(proc)?;
         wait_readyz(&self.client(), &[&proc]).await?;
-        // Ready is not usable: kube-controller-manager's informers come back on client-go's
-        // jittered backoff, which grows over repeated outages (seen: 25 s, then 69 s, then 86 s
-        // for three restarts in one binary), and until then new namespaces get no
-        // ServiceAccount. Return once a fresh namespace gets one, so the next test finds a whole
-        // control plane.
+        self.controller_manager.stop(ApiserverStop::Graceful);
+        let kcm = self.spawn(
+            self.controller_manager.name(),
+            self.controller_manager.command(),
+        )?;
+        self.controller_manager.set_started(kcm)?;
         let probe = self
-            .namespace_with_default_account("testenv-restart-probe", Duration::from_secs(240))
+            .namespace_with_default_account("testenv-restart-probe", Duration::from_secs(120))
             .await?;
         let _ = Api::<Namespace>::all(self.client())
             .delete(&probe, &Default::default())
             .await;
         eprintln!(
-            "testenv: kube-apiserver ready again, controllers included, in {:.1}s",
+            "testenv: kube-apiserver and kube-controller-manager ready again in {:.1}s",
             started.elapsed().as_secs_f64()
         );
         Ok(())
@@ -364,12 +371,17 @@ fn start(rt: &tokio::runtime::Runtime, spawner: mpsc::Sender<SpawnJob>) -> Resul
         run_dir: &run_dir,
         pki: &pki,
     };
-    let apiserver = Apiserver::start(apiserver_bin, &flags, &log_dir)?;
+    let apiserver = Restartable::start(
+        apiserver::NAME,
+        apiserver_bin,
+        apiserver_args(&flags, &log_dir)?,
+        &log_dir,
+    )?;
 
     let kubeconfig = run_dir.join("kubeconfig");
     write_kubeconfig(&kubeconfig, &server_url, &pki)?;
 
-    let mut procs = vec![etcd];
+    let procs = vec![etcd];
     let config = rt.block_on(load_config(&kubeconfig))?;
     let client = rt
         .block_on(async { Client::try_from(config.clone()) })
@@ -377,23 +389,31 @@ fn start(rt: &tokio::runtime::Runtime, spawner: mpsc::Sender<SpawnJob>) -> Resul
     let first_apiserver = apiserver.process().expect("kube-apiserver just started");
     rt.block_on(wait_readyz(&client, &[&procs[0], &first_apiserver]))?;
 
-    let mut cmd = Command::new(kcm_bin);
-    cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--leader-elect=false")
-        .arg("--controllers=garbagecollector,deployment,replicaset,namespace,serviceaccount,serviceaccount-token")
-        .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
-        .arg(format!("--service-account-private-key-file={sa_key}"))
-        .arg("--secure-port=0")
-        .arg("--cluster-name=testenv")
-        .arg("--concurrent-gc-syncs=5");
-    procs.push(Proc::spawn("kube-controller-manager", cmd, &log_dir)?);
+    let kcm_args = vec![
+        format!("--kubeconfig={}", kubeconfig.display()),
+        "--leader-elect=false".into(),
+        "--controllers=garbagecollector,deployment,replicaset,namespace,serviceaccount,serviceaccount-token".into(),
+        format!("--root-ca-file={}", pki.ca_cert.display()),
+        format!("--service-account-private-key-file={sa_key}"),
+        "--secure-port=0".into(),
+        "--cluster-name=testenv".into(),
+        "--concurrent-gc-syncs=5".into(),
+    ];
+    let controller_manager =
+        Restartable::start("kube-controller-manager", kcm_bin, kcm_args, &log_dir)?;
+    let first_kcm = controller_manager
+        .process()
+        .expect("kube-controller-manager just started");
 
     let moto = rt.block_on(async {
         install_crds(&client).await?;
         create_node(&client).await?;
         let moto = Moto::ready(moto_proc, moto_addr).await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-        let running: Vec<&Proc> = procs.iter().chain([&*first_apiserver]).collect();
+        let running: Vec<&Proc> = procs
+            .iter()
+            .chain([&*first_apiserver, &*first_kcm])
+            .collect();
         wait_for_while_running(
             "ServiceAccount default/default (kube-controller-manager)",
             Duration::from_secs(60),
@@ -433,6 +453,7 @@ fn start(rt: &tokio::runtime::Runtime, spawner: mpsc::Sender<SpawnJob>) -> Resul
         config,
         moto,
         apiserver,
+        controller_manager,
         procs,
         spawner: std::sync::Mutex::new(spawner),
     })

@@ -14,19 +14,6 @@ use secrets_store_testenv::kubelet::KubeletSim;
 use crate::e2e::{World, eventually};
 use crate::{SECRET, WAIT};
 
-pub async fn put_secret(world: &World, value: &str) {
-    world
-        .cluster
-        .moto()
-        .sm_client(&world.account)
-        .put_secret_value()
-        .secret_id(SECRET)
-        .secret_string(value)
-        .send()
-        .await
-        .expect("PutSecretValue");
-}
-
 /// The secret's current version id in moto (what the pod statuses must record).
 pub async fn current_version(world: &World) -> String {
     let out = world

@@ -92,6 +92,24 @@ pub async fn seed_aws(cluster: &Cluster, account: &AccountId, value: &str) -> St
     role.role().unwrap().arn().to_string()
 }
 
+/// The seed's AWS secret name (also its file name in the volume).
+pub const SEED_SECRET: &str = "CSI-driver-test-secret";
+/// The seed's Deployment.
+pub const SEED_DEPLOYMENT: &str = "csi-secret-driver-test-nginx-deployment";
+
+/// Rotates the seed's secret in `account` (`PutSecretValue`: moto's stage moves are buggy).
+pub async fn rotate_seed_secret(cluster: &Cluster, account: &AccountId, value: &str) {
+    cluster
+        .moto()
+        .sm_client(account)
+        .put_secret_value()
+        .secret_id(SEED_SECRET)
+        .secret_string(value)
+        .send()
+        .await
+        .expect("PutSecretValue");
+}
+
 /// One test's world: a namespace, an AWS account, the node agent and a kubelet simulator.
 pub struct World {
     pub cluster: &'static Cluster,
@@ -152,6 +170,41 @@ impl World {
     /// for the ServiceAccount. Returns the role ARN.
     pub async fn seed_aws(&self, value: &str) -> String {
         seed_aws(self.cluster, &self.account, value).await
+    }
+
+    /// Rotates the seed's secret in this world's account.
+    pub async fn rotate(&self, value: &str) {
+        rotate_seed_secret(self.cluster, &self.account, value).await;
+    }
+
+    /// Opts the seed's Deployment in to a rollout when its synced Secret changes.
+    pub async fn opt_in_rollout(&self) {
+        Api::<Deployment>::namespaced(self.cluster.client(), &self.namespace)
+            .patch(
+                SEED_DEPLOYMENT,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+                    "secrets-store.csi.x-k8s.io/rollout-on-secret-change": "true"
+                }}})),
+            )
+            .await
+            .expect("annotating the seed Deployment");
+    }
+
+    /// Waits for `n` running pods none of which is in `old`: the Deployment rolled.
+    pub async fn rolled_pods(&self, old: &[Pod], n: usize) -> Vec<Pod> {
+        let old: Vec<_> = old.iter().map(|p| p.metadata.uid.clone()).collect();
+        eventually(
+            Duration::from_secs(90),
+            "pods of the rolled Deployment",
+            || async {
+                let pods = self.running_pods(n).await;
+                pods.iter()
+                    .all(|p| !old.contains(&p.metadata.uid))
+                    .then_some(pods)
+            },
+        )
+        .await
     }
 
     /// Applies the seed's ServiceAccount (with `role_arn`), SecretProviderClass and Deployment.
