@@ -15,7 +15,7 @@ export AWS_EC2_METADATA_DISABLED := true
 test: tools lint deny
 	$(CARGO) test --workspace --all-targets --locked
 
-## tools: build/cache the real test peers (etcd, kube-apiserver, kube-controller-manager, moto, csi-sanity, helm, cargo-deny)
+## tools: build/cache the real test peers (etcd, kube-apiserver, kube-controller-manager, moto, csi-sanity, helm, cargo-deny, the upstream driver)
 tools:
 	bash hack/tools.sh core
 
