@@ -121,6 +121,18 @@ pub enum IdentityError {
     /// The Pod Identity Agent failed.
     #[error("EKS Pod Identity Agent: {0}")]
     PodIdentity(String),
+    /// The token kubelet passed is not a current token of the pod's ServiceAccount.
+    #[error(
+        "the ServiceAccount token in the volume context {problem} ServiceAccount {namespace}/{name}"
+    )]
+    TokenMismatch {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's ServiceAccount.
+        name: String,
+        /// What is wrong, phrased to precede "ServiceAccount ns/name".
+        problem: &'static str,
+    },
 }
 
 impl IdentityError {
@@ -165,6 +177,53 @@ pub fn token_for(attrs: &Attributes, audience: &'static str) -> Result<String, I
         .map(|t| t.token.clone())
         .filter(|t| !t.is_empty())
         .ok_or(IdentityError::MissingToken { audience })
+}
+
+/// Checks a kubelet-issued ServiceAccount token's claims: its subject is
+/// `system:serviceaccount:<namespace>:<name>` and it has not expired at `now`. The signature is
+/// not checked here (STS or the Pod Identity Agent verify it whenever credentials are fetched),
+/// but on a credential cache hit nothing else looks at the token: without this, a request naming
+/// one ServiceAccount with another's token, or with an expired one, would be served.
+pub fn check_token_claims(
+    token: &str,
+    namespace: &str,
+    name: &str,
+    now: SystemTime,
+) -> Result<(), IdentityError> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct Claims {
+        sub: Option<String>,
+        exp: Option<u64>,
+    }
+    let fail = |problem| IdentityError::TokenMismatch {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        problem,
+    };
+    let claims: Claims = token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload.trim_end_matches('='))
+                .ok()
+        })
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or_else(|| fail("is not a JWT issued for"))?;
+    if claims.sub.as_deref() != Some(format!("system:serviceaccount:{namespace}:{name}").as_str()) {
+        return Err(fail("was issued for another subject than"));
+    }
+    let now = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match claims.exp {
+        Some(exp) if exp > now => Ok(()),
+        _ => Err(fail(
+            "has expired (or has no expiry); kubelet refreshes the tokens of",
+        )),
+    }
 }
 
 /// The result type cached per identity.
@@ -246,6 +305,12 @@ impl IdentityResolver {
             IRSA_AUDIENCE
         };
         let token = token_for(attrs, audience)?;
+        check_token_claims(
+            &token,
+            &key.namespace,
+            &key.service_account,
+            SystemTime::now(),
+        )?;
         let margin = self.refresh_margin;
         let ttl = move |r: &CachedCreds| match r {
             Ok(c) => c
@@ -398,6 +463,47 @@ mod tests {
             let e = token_for(&a, IRSA_AUDIENCE).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
             assert!(!e.contains("sekret-tok"), "{e}");
+        }
+    }
+
+    /// An unsigned JWT with these claims (the check reads claims only).
+    fn jwt(claims: serde_json::Value) -> String {
+        use base64::Engine as _;
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        format!(
+            "{}.{}.sig",
+            b64(br#"{"alg":"RS256"}"#),
+            b64(claims.to_string().as_bytes())
+        )
+    }
+
+    #[test]
+    fn token_claims_must_name_the_pods_service_account_and_be_current() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let sub = "system:serviceaccount:ns:app";
+        let ok = jwt(serde_json::json!({"sub": sub, "exp": 2_000}));
+        assert_eq!(check_token_claims(&ok, "ns", "app", now), Ok(()));
+        let cases = [
+            (
+                jwt(serde_json::json!({"sub": "system:serviceaccount:ns:other", "exp": 2_000})),
+                "another subject",
+            ),
+            (
+                jwt(serde_json::json!({"sub": "system:serviceaccount:other:app", "exp": 2_000})),
+                "another subject",
+            ),
+            (jwt(serde_json::json!({"sub": sub, "exp": 999})), "expired"),
+            (jwt(serde_json::json!({"sub": sub})), "expired"),
+            ("not-a-jwt".to_string(), "not a JWT"),
+            ("a.!!!.c".to_string(), "not a JWT"),
+        ];
+        for (token, problem) in cases {
+            let e = check_token_claims(&token, "ns", "app", now).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(problem), "{text}");
+            assert!(text.contains("ServiceAccount ns/app"), "{text}");
+            assert!(!text.contains(&token), "{text}");
+            assert_eq!(e.kind(), ProviderErrorKind::Unauthenticated);
         }
     }
 

@@ -251,6 +251,23 @@ async fn direct_publishes_in_every_order_within_the_coalescing_ttl() {
         5 * (2 + PODS_PER_ROLE),
         "every B publish was denied"
     );
+
+    // A's volume context with B's token, while A's credentials are cached: refused on the token's
+    // subject before any cache is consulted, and nothing is mounted.
+    let forged = pods_a[0].with_tokens_of(pods_b[0]);
+    let target = world.dir.path().join("kubelet/direct/forged/mount");
+    let status = forged
+        .publish(client.clone(), CLASS, &target)
+        .await
+        .expect_err("A's volume context with B's token was served");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status}");
+    assert!(
+        status.message().contains("another subject") && status.message().contains("sa-a"),
+        "{status}"
+    );
+    assert!(!is_mount_point(&target), "forged publish left a mount");
+    assert_no_value_under(target.parent().unwrap(), &[&value]);
+    unpublish(client.clone(), &target).await;
     let events = pod_events(world.cluster, &ns, &pods_b[0].name, "ProviderError").await;
     assert!(
         !events.is_empty(),

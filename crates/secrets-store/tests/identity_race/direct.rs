@@ -76,6 +76,15 @@ impl DirectPod {
         }
     }
 
+    /// This pod's volume context carrying `other`'s tokens: what a confused or hostile caller of
+    /// the socket would send.
+    pub fn with_tokens_of(&self, other: &DirectPod) -> DirectPod {
+        DirectPod {
+            tokens: other.tokens.clone(),
+            ..self.clone()
+        }
+    }
+
     /// NodePublishVolume of a volume of class `class` at `target`, as kubelet sends it.
     pub async fn publish(
         &self,
