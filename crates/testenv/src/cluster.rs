@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::apiserver::{ApiserverFlags, ApiserverStop, Restartable, apiserver_args};
 use crate::moto::Moto;
 use crate::process::{Proc, free_port, tail};
+use crate::wait::{wait_for, wait_for_while_running};
 use crate::{Error, apiserver, certs, tools};
 
 /// Name of the simulated node; its region label is [`crate::moto::REGION`].
@@ -569,46 +570,4 @@ async fn create_node(client: &Client) -> Result<(), Error> {
         .patch_status(NODE_NAME, &PatchParams::default(), &Patch::Merge(&status))
         .await?;
     Ok(())
-}
-
-/// Polls `check` every 50 ms until it returns `Ok(true)`, failing after `timeout` with the last
-/// error seen.
-pub(crate) async fn wait_for<F, Fut>(what: &str, timeout: Duration, check: F) -> Result<(), Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, String>>,
-{
-    wait_for_while_running(what, timeout, &[], check).await
-}
-
-/// Like [`wait_for`], failing at once when one of `procs` has exited.
-pub(crate) async fn wait_for_while_running<F, Fut>(
-    what: &str,
-    timeout: Duration,
-    procs: &[&Proc],
-    mut check: F,
-) -> Result<(), Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, String>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("condition not met");
-    loop {
-        for p in procs {
-            p.check_running()?;
-        }
-        match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last = e,
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout {
-                what: what.to_string(),
-                detail: last,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

@@ -16,6 +16,7 @@ mod process;
 mod proxy;
 mod tools;
 pub mod upstream;
+mod wait;
 
 use std::path::{Path, PathBuf};
 
