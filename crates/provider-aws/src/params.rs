@@ -582,5 +582,8 @@ fn check_object_name(
 }
 
 #[cfg(test)]
+#[path = "params_accepted_tests.rs"]
+mod accepted_tests;
+#[cfg(test)]
 #[path = "params_tests.rs"]
 mod tests;
