@@ -1,0 +1,348 @@
+//! `helm install` into the test apiserver and the RBAC its ServiceAccount gets, checked by
+//! impersonating it: what the node agent needs and nothing more.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    SelfSubjectRulesReview, SelfSubjectRulesReviewSpec,
+};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::storage::v1::CSIDriver;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use secrets_store_testenv::Cluster;
+
+use crate::{INSTALL, NAME, chart_dir, helm};
+
+/// A client that acts as the chart's ServiceAccount (impersonated by the admin identity).
+async fn impersonating(cluster: &Cluster, ns: &str) -> Client {
+    let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig_path()).expect("test kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("config from test kubeconfig");
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{NAME}"));
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{ns}"),
+        "system:authenticated".into(),
+    ]);
+    Client::try_from(config).expect("impersonating client")
+}
+
+/// Whether the impersonated identity may do `verb` on `resource` (`group/resource[/sub]`).
+async fn can(client: &Client, verb: &str, resource: &str, namespace: Option<&str>) -> bool {
+    let (group, rest) = resource.split_once('/').unwrap_or(("", resource));
+    let (resource, subresource) = match rest.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_string())),
+        None => (rest, None),
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(group.to_string()),
+                resource: Some(resource.to_string()),
+                subresource,
+                verb: Some(verb.to_string()),
+                namespace: namespace.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    api.create(&PostParams::default(), &review)
+        .await
+        .expect("SelfSubjectAccessReview")
+        .status
+        .expect("review status")
+        .allowed
+}
+
+/// Every (group/resource, verb) the identity holds in `ns`, minus what every authenticated user
+/// holds (the self-review APIs).
+async fn rules_in(client: &Client, ns: &str) -> BTreeSet<String> {
+    let api: Api<SelfSubjectRulesReview> = Api::all(client.clone());
+    let review = SelfSubjectRulesReview {
+        spec: SelfSubjectRulesReviewSpec {
+            namespace: Some(ns.to_string()),
+        },
+        ..Default::default()
+    };
+    let status = api
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SelfSubjectRulesReview")
+        .status
+        .expect("rules status");
+    let mut out = BTreeSet::new();
+    for rule in status.resource_rules {
+        let groups = rule.api_groups.unwrap_or_default();
+        if groups
+            .iter()
+            .any(|g| g == "authorization.k8s.io" || g == "authentication.k8s.io")
+        {
+            continue;
+        }
+        let names = rule.resource_names.unwrap_or_default();
+        for g in &groups {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    let suffix = if names.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", names.join(","))
+                    };
+                    out.insert(format!("{g}/{r} {v}{suffix}"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The rules the node agent needs without secret sync: exactly these, nothing else.
+fn base_rules() -> BTreeSet<String> {
+    let mut want = BTreeSet::new();
+    let mut add = |res: &str, verbs: &[&str]| {
+        for v in verbs {
+            want.insert(format!("{res} {v}"));
+        }
+    };
+    let read = ["get", "list", "watch"];
+    add("secrets-store.csi.x-k8s.io/secretproviderclasses", &read);
+    add(
+        "secrets-store.csi.x-k8s.io/secretproviderclasspodstatuses",
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
+    );
+    add("/pods", &read);
+    add("/events", &["create", "patch"]);
+    add("events.k8s.io/events", &["create", "patch"]);
+    add("/serviceaccounts", &read);
+    add("/nodes", &["get"]);
+    want
+}
+
+fn sync_rules() -> BTreeSet<String> {
+    let mut want = base_rules();
+    for v in [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ] {
+        want.insert(format!("/secrets {v}"));
+    }
+    for r in ["deployments", "statefulsets", "daemonsets"] {
+        for v in ["get", "list", "patch"] {
+            want.insert(format!("apps/{r} {v}"));
+        }
+    }
+    want
+}
+
+/// What the agent must never be able to do, whatever the values.
+async fn assert_never(client: &Client, other_ns: &str) {
+    for (verb, resource) in [
+        ("create", "/serviceaccounts/token"),
+        ("create", "/pods"),
+        ("delete", "/pods"),
+        ("create", "/pods/exec"),
+        ("update", "/nodes"),
+        ("patch", "/nodes"),
+        ("list", "/configmaps"),
+        ("create", "secrets-store.csi.x-k8s.io/secretproviderclasses"),
+        ("update", "secrets-store.csi.x-k8s.io/secretproviderclasses"),
+        ("delete", "secrets-store.csi.x-k8s.io/secretproviderclasses"),
+        ("escalate", "rbac.authorization.k8s.io/clusterroles"),
+        ("bind", "rbac.authorization.k8s.io/clusterroles"),
+        ("create", "rbac.authorization.k8s.io/rolebindings"),
+        ("impersonate", "/serviceaccounts"),
+        ("create", "apps/deployments"),
+        ("delete", "apps/deployments"),
+    ] {
+        assert!(
+            !can(client, verb, resource, Some(other_ns)).await,
+            "the agent must not {verb} {resource}"
+        );
+    }
+}
+
+/// `helm install` into the test apiserver, then the RBAC check (issue 8): impersonating the
+/// chart's ServiceAccount, with and without `syncSecret.enabled` (a `helm upgrade`).
+#[tokio::test]
+async fn helm_install_creates_driver_and_least_privilege_rbac() {
+    let _one_release = INSTALL.lock().await;
+    let cluster = Cluster::shared();
+    let _logs = cluster.dump_logs_on_panic();
+    let ns = cluster.new_namespace("chart").await;
+    let workload_ns = cluster.new_namespace("chart-workload").await;
+    let admin = cluster.client();
+    let kubeconfig = cluster.kubeconfig_path().to_str().unwrap().to_string();
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap().to_string();
+    let install = |verb: &'static str, sets: &'static str| {
+        let mut args = vec![
+            verb,
+            NAME,
+            chart.as_str(),
+            "--namespace",
+            ns.as_str(),
+            "--kubeconfig",
+            kubeconfig.as_str(),
+            "--timeout",
+            "120s",
+        ];
+        if !sets.is_empty() {
+            args.extend(["--set", sets]);
+        }
+        helm(&args)
+    };
+    install("install", "");
+
+    // CSIDriver exactly as kubelet needs it.
+    let driver = Api::<CSIDriver>::all(admin.clone())
+        .get("secrets-store.csi.k8s.io")
+        .await
+        .expect("CSIDriver installed");
+    let spec = driver.spec;
+    assert_eq!(spec.pod_info_on_mount, Some(true));
+    assert_eq!(spec.attach_required, Some(false));
+    assert_eq!(spec.volume_lifecycle_modes, Some(vec!["Ephemeral".into()]));
+    assert_eq!(spec.requires_republish, Some(false));
+    let audiences: Vec<String> = spec
+        .token_requests
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.audience)
+        .collect();
+    assert_eq!(audiences, ["sts.amazonaws.com", "pods.eks.amazonaws.com"]);
+
+    // One container, privileged only for mounting, read-only root filesystem.
+    let ds = Api::<DaemonSet>::namespaced(admin.clone(), &ns)
+        .get(NAME)
+        .await
+        .expect("DaemonSet installed");
+    let pod_spec = ds.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod_spec.containers.len(),
+        1,
+        "the DaemonSet has ONE container"
+    );
+    assert_eq!(pod_spec.service_account_name.as_deref(), Some(NAME));
+    let container = &pod_spec.containers[0];
+    let sc = container.security_context.clone().unwrap();
+    assert_eq!(sc.privileged, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let bidirectional: Vec<String> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .filter(|m| m.mount_propagation.as_deref() == Some("Bidirectional"))
+        .map(|m| m.mount_path.clone())
+        .collect();
+    assert_eq!(bidirectional, ["/var/lib/kubelet/pods"]);
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .get(NAME)
+        .await
+        .expect("ServiceAccount installed");
+
+    // CRDs present (the chart's crds/ are the generated files; see chart_crds_are_the_generated_ones).
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    for name in [
+        "secretproviderclasses.secrets-store.csi.x-k8s.io",
+        "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io",
+    ] {
+        crds.get(name).await.expect("CRD present");
+    }
+    let role = Api::<ClusterRole>::all(admin.clone())
+        .get(NAME)
+        .await
+        .expect("ClusterRole installed");
+    assert!(
+        role.rules
+            .iter()
+            .flatten()
+            .all(|r| !r.resources.iter().flatten().any(|x| x == "secrets")),
+        "no Secret rule in the base ClusterRole: {:?}",
+        role.rules
+    );
+
+    // RBAC as the agent, without sync: exactly the base rules, in any namespace.
+    let agent = impersonating(cluster, &ns).await;
+    assert_eq!(rules_in(&agent, &workload_ns).await, base_rules());
+    assert_never(&agent, &workload_ns).await;
+    for verb in [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ] {
+        assert!(
+            !can(&agent, verb, "/secrets", None).await,
+            "without syncSecret the agent must not {verb} Secrets"
+        );
+    }
+    // And for real against the apiserver: what it needs works, the rest is refused.
+    Api::<Pod>::all(agent.clone())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={}", cluster.node_name())))
+        .await
+        .expect("the agent lists its node's pods");
+    let forbidden = Api::<Secret>::all(agent.clone())
+        .list(&ListParams::default())
+        .await
+        .expect_err("cluster-wide Secret list must be refused");
+    assert!(
+        matches!(forbidden, kube::Error::Api(ref e) if e.code == 403),
+        "{forbidden}"
+    );
+
+    // With secret sync: Secret and rollout verbs are added, nothing else.
+    install(
+        "upgrade",
+        "syncSecret.enabled=true,enableSecretRotation=true",
+    );
+    let driver = Api::<CSIDriver>::all(admin.clone())
+        .get("secrets-store.csi.k8s.io")
+        .await
+        .unwrap();
+    assert_eq!(driver.spec.requires_republish, Some(true));
+    assert_eq!(rules_in(&agent, &workload_ns).await, sync_rules());
+    assert_never(&agent, &workload_ns).await;
+    // The rollout key: get by name and create in the agent's own namespace.
+    let own = rules_in(&agent, &ns).await;
+    assert!(
+        own.contains("/secrets get (secrets-store-rs-rollout-key)")
+            && own.contains("/secrets create"),
+        "{own:?}"
+    );
+    Api::<Secret>::all(agent.clone())
+        .list(&ListParams::default().labels("secrets-store.csi.k8s.io/managed=true"))
+        .await
+        .expect("with syncSecret the agent lists managed Secrets");
+
+    helm(&[
+        "uninstall",
+        NAME,
+        "--namespace",
+        &ns,
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(
+        Api::<CSIDriver>::all(admin.clone())
+            .get_opt("secrets-store.csi.k8s.io")
+            .await
+            .unwrap()
+            .is_none(),
+        "uninstall removes the CSIDriver"
+    );
+    let namespaces: Api<Namespace> = Api::all(admin);
+    for n in [&ns, &workload_ns] {
+        namespaces
+            .delete(n, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+}

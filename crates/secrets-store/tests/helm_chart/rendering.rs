@@ -1,0 +1,202 @@
+//! What `helm lint` and `helm template` produce: the golden renderings, the static manifests
+//! under `deploy/`, the chart's copy of the CRDs, and flags the agent accepts.
+
+use std::path::Path;
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use serde::Deserialize;
+
+use crate::{chart_dir, helm, repo_root};
+
+const REGENERATE: &str = "UPDATE_GOLDEN=1 cargo test -p secrets-store --test helm_chart";
+/// Release name and namespace of the static manifests (what `kubectl apply` users get).
+const STATIC_RELEASE: &str = "secrets-store-rs";
+const STATIC_NAMESPACE: &str = "kube-system";
+
+fn updating() -> bool {
+    std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// `helm template` of the chart as the static release, with extra `--set` values.
+fn render(sets: &[&str]) -> String {
+    let chart = chart_dir();
+    let mut args = vec![
+        "template",
+        STATIC_RELEASE,
+        chart.to_str().unwrap(),
+        "--namespace",
+        STATIC_NAMESPACE,
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    helm(&args)
+}
+
+/// Compares `actual` with the committed file `path` (or rewrites it under `UPDATE_GOLDEN`).
+fn assert_current(path: &Path, actual: &str) {
+    if updating() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(path).unwrap_or_default();
+    if expected != actual {
+        let first = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| expected.lines().count().min(actual.lines().count()));
+        panic!(
+            "{} is out of date (first difference at line {}: expected {:?}, rendered {:?}).\n\
+             Regenerate with: {REGENERATE}",
+            path.display(),
+            first + 1,
+            expected.lines().nth(first).unwrap_or("<end of file>"),
+            actual.lines().nth(first).unwrap_or("<end of file>"),
+        );
+    }
+}
+
+const HEADER: &str = "# Generated from charts/secrets-store-rs by `helm template`; do not edit.\n";
+
+#[test]
+fn helm_lint_passes_for_default_and_full_values() {
+    let chart = chart_dir();
+    let chart = chart.to_str().unwrap();
+    let out = helm(&["lint", "--strict", chart]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    let out = helm(&[
+        "lint",
+        "--strict",
+        chart,
+        "--set",
+        "syncSecret.enabled=true,enableSecretRotation=true,providerHealthCheck=true,aws.enabled=false,metrics.enabled=false,logFormatJSON=true,logVerbosity=5,aws.region=eu-west-1",
+    ]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+}
+
+#[test]
+fn template_default_values_matches_golden() {
+    let out = render(&[]);
+    // The defaults are the secure ones: no Secret access, no rotation, one container.
+    assert!(
+        !out.contains("\"secrets\""),
+        "Secret RBAC without syncSecret"
+    );
+    assert!(out.contains("requiresRepublish: false"));
+    assert_eq!(out.matches("- name: secrets-store\n").count(), 1);
+    assert_current(
+        &chart_dir().join("tests/golden/default.yaml"),
+        &format!("{HEADER}{out}"),
+    );
+}
+
+#[test]
+fn template_sync_and_rotation_matches_golden() {
+    let out = render(&[
+        "syncSecret.enabled=true",
+        "enableSecretRotation=true",
+        "rotationPollInterval=30s",
+    ]);
+    assert!(out.contains("requiresRepublish: true"));
+    assert!(out.contains("- --enable-secret-sync"));
+    assert!(out.contains("- --enable-secret-rotation"));
+    assert!(out.contains("- --rotation-poll-interval=30s"));
+    assert_current(
+        &chart_dir().join("tests/golden/sync-rotation.yaml"),
+        &format!("{HEADER}{out}"),
+    );
+}
+
+/// `deploy/secrets-store-rs.yaml` is the chart with default values, for `kubectl apply` users
+/// (after `kubectl apply -f deploy/crds/`).
+#[test]
+fn static_manifests_are_current() {
+    let out = render(&[]);
+    assert_current(
+        &repo_root().join("deploy/secrets-store-rs.yaml"),
+        &format!("{HEADER}{out}"),
+    );
+}
+
+/// The chart ships the CRDs the api crate generates (`make crds` writes `deploy/crds/`).
+#[test]
+fn chart_crds_are_the_generated_ones() {
+    let generated = repo_root().join("deploy/crds");
+    let copied = chart_dir().join("crds");
+    let mut names: Vec<String> = std::fs::read_dir(&generated)
+        .expect("deploy/crds")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "expected two generated CRDs: {names:?}");
+    for name in &names {
+        let want = std::fs::read_to_string(generated.join(name)).unwrap();
+        assert_current(&copied.join(name), &want);
+    }
+    let mut shipped: Vec<String> = std::fs::read_dir(&copied)
+        .expect("chart crds/")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    shipped.sort();
+    assert_eq!(
+        shipped, names,
+        "the chart's crds/ must hold exactly deploy/crds/*.yaml; regenerate with: {REGENERATE}"
+    );
+}
+/// Every flag the chart can render (all options on) is one `secrets-store node` accepts, with a
+/// value its parser takes: clap stops at the first bad argument, before the trailing `--help`.
+#[test]
+fn every_rendered_flag_is_accepted_by_the_agent() {
+    let out = render(&[
+        "syncSecret.enabled=true",
+        "enableSecretRotation=true",
+        "rotationPollInterval=45s",
+        "providerHealthCheck=true",
+        "aws.enabled=false",
+        "aws.region=eu-west-1",
+        "logFormatJSON=true",
+        "logVerbosity=5",
+        "metrics.enabled=false",
+        "maxCallRecvMsgSize=8388608",
+    ]);
+    let ds = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .find(|d| d.get("kind").and_then(|k| k.as_str()) == Some("DaemonSet"))
+        .expect("a DaemonSet");
+    let ds: DaemonSet = serde_yaml::from_value(ds).unwrap();
+    let container = ds.spec.unwrap().template.spec.unwrap().containers.remove(0);
+    let args: Vec<String> = container.args.unwrap_or_default();
+    for flag in [
+        "--enable-secret-sync",
+        "--enable-secret-rotation",
+        "--provider-health-check",
+        "--no-aws-provider",
+        "--log-format-json",
+        "--metrics-addr=",
+    ] {
+        assert!(args.iter().any(|a| a == flag), "{flag} rendered: {args:?}");
+    }
+    let run = |args: &[String]| {
+        Command::new(env!("CARGO_BIN_EXE_secrets-store"))
+            .args(args)
+            .arg("--help")
+            .env("KUBE_NODE_NAME", "n")
+            .env("POD_NAMESPACE", "ns")
+            .output()
+            .unwrap()
+    };
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "secrets-store rejected the chart's args {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The check has teeth: an unknown flag fails the same way.
+    let mut bad = args.clone();
+    bad.push("--no-such-flag".into());
+    assert!(!run(&bad).status.success());
+}
