@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::api::{Api, ObjectMeta, PostParams};
 use secrets_store_api::crd::SecretProviderClass;
+use secrets_store_testenv::kubelet::tokens::{TokenAudience, pod_tokens};
 use secrets_store_testenv::{AccountId, Cluster};
 
 /// The driver name kubelet uses.
@@ -139,28 +139,15 @@ pub fn pod(name: &str, node: &str) -> anyhow::Result<Pod> {
 /// The `csi.storage.k8s.io/serviceAccount.tokens` value kubelet passes for `pod`: a token for
 /// the `sts.amazonaws.com` audience bound to the pod.
 pub async fn tokens_attribute(cluster: &Cluster, pod: &Pod) -> anyhow::Result<String> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let sas: Api<ServiceAccount> = Api::namespaced(cluster.client(), &ns);
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec!["sts.amazonaws.com".into()],
+    Ok(pod_tokens(
+        &cluster.client(),
+        pod,
+        &[TokenAudience {
+            audience: "sts.amazonaws.com",
             expiration_seconds: Some(3600),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-        },
-        ..Default::default()
-    };
-    let issued = sas
-        .create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &request)
-        .await?;
-    let status = issued
-        .status
-        .ok_or_else(|| anyhow::anyhow!("TokenRequest returned no status"))?;
-    Ok(serde_json::json!({ "sts.amazonaws.com": status }).to_string())
+        }],
+    )
+    .await?)
 }
 
 /// Sum of `apiserver_request_total` over all label sets, read from the apiserver's `/metrics`

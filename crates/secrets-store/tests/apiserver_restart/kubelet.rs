@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ObjectMeta, PostParams};
 use secrets_store_api::csi::v1 as csi;
+use secrets_store_testenv::kubelet::tokens::{TokenAudience, pod_tokens};
 use secrets_store_testenv::kubelet::volume_handle;
 
 use crate::e2e::{VOLUME, World, seed_file};
@@ -38,31 +38,10 @@ pub async fn bound_pod(world: &World, namespace: &str, name: &str) -> Pod {
 /// The tokens kubelet requests for the CSIDriver's `tokenRequests` (bound to the pod), in the
 /// volume-context JSON format.
 pub async fn kubelet_tokens(world: &World, pod: &Pod) -> String {
-    let namespace = pod.metadata.namespace.as_deref().unwrap();
-    let sas: Api<ServiceAccount> = Api::namespaced(world.cluster.client(), namespace);
-    let mut tokens = serde_json::Map::new();
-    for audience in ["sts.amazonaws.com", "pods.eks.amazonaws.com"] {
-        let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: vec![audience.to_string()],
-                expiration_seconds: None,
-                bound_object_ref: Some(BoundObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Pod".into()),
-                    name: pod.metadata.name.clone(),
-                    uid: pod.metadata.uid.clone(),
-                }),
-            },
-            ..Default::default()
-        };
-        let issued = sas
-            .create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &request)
-            .await
-            .expect("TokenRequest");
-        let status = serde_json::to_value(issued.status.expect("token status")).unwrap();
-        tokens.insert(audience.to_string(), status);
-    }
-    serde_json::Value::Object(tokens).to_string()
+    let audiences = ["sts.amazonaws.com", "pods.eks.amazonaws.com"].map(TokenAudience::new);
+    pod_tokens(&world.cluster.client(), pod, &audiences)
+        .await
+        .expect("TokenRequest")
 }
 
 /// The `NodePublishVolume` kubelet sends for `pod`'s seed volume (see KUBELET_SIM.md).

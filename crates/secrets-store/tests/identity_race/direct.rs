@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use secrets_store_api::csi::v1 as csi;
 use secrets_store_api::csi::v1::node_client::NodeClient;
 use secrets_store_testenv::Cluster;
+use secrets_store_testenv::kubelet::tokens::{TokenAudience, pod_tokens};
 use tonic::transport::Channel;
 
 use crate::support::{Role, Side};
@@ -37,42 +37,22 @@ impl DirectPod {
             .create(&PostParams::default(), &pod)
             .await
             .unwrap();
+        let audiences =
+            ["sts.amazonaws.com", "pods.eks.amazonaws.com"].map(|audience| TokenAudience {
+                audience,
+                expiration_seconds: Some(3600),
+            });
+        let tokens = pod_tokens(&cluster.client(), &pod, &audiences)
+            .await
+            .expect("TokenRequest");
         let uid = pod.metadata.uid.unwrap();
-        let sas = Api::<ServiceAccount>::namespaced(cluster.client(), &side.namespace);
-        let mut tokens = serde_json::Map::new();
-        for audience in ["sts.amazonaws.com", "pods.eks.amazonaws.com"] {
-            let request = TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences: vec![audience.into()],
-                    expiration_seconds: Some(3600),
-                    bound_object_ref: Some(BoundObjectReference {
-                        api_version: Some("v1".into()),
-                        kind: Some("Pod".into()),
-                        name: Some(name.into()),
-                        uid: Some(uid.clone()),
-                    }),
-                },
-                ..Default::default()
-            };
-            let status = sas
-                .create_token_request(&side.service_account, &PostParams::default(), &request)
-                .await
-                .expect("TokenRequest")
-                .status
-                .expect("token");
-            tokens.insert(
-                audience.into(),
-                serde_json::json!({"token": status.token,
-                    "expirationTimestamp": status.expiration_timestamp.0.to_string()}),
-            );
-        }
         Self {
             namespace: side.namespace.clone(),
             name: name.into(),
             uid,
             service_account: side.service_account.clone(),
             role: side.role,
-            tokens: serde_json::Value::Object(tokens).to_string(),
+            tokens,
         }
     }
 

@@ -5,6 +5,7 @@
 
 mod csi;
 mod env;
+pub mod tokens;
 mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};

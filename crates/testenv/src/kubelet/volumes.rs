@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{CSIVolumeSource, Event, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{CSIVolumeSource, Event, Pod, Secret};
 use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use secrets_store_api::csi::v1::node_client::NodeClient;
@@ -21,6 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tonic::transport::Channel;
 
+use super::tokens::{TokenAudience, TokenError, pod_tokens};
 use super::{PublishedVolume, Shared, SimEvent, csi};
 
 /// Pod-info keys kubelet adds when the CSIDriver has `podInfoOnMount`.
@@ -268,40 +268,24 @@ async fn publish(
         context.insert(EPHEMERAL.into(), "true".into());
     }
     if let Some(requests) = spec.token_requests.as_ref().filter(|r| !r.is_empty()) {
-        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-        let mut tokens = serde_json::Map::new();
-        for r in requests {
-            let audiences = if r.audience.is_empty() {
-                vec![]
-            } else {
-                vec![r.audience.clone()]
-            };
-            let request = TokenRequest {
-                spec: TokenRequestSpec {
-                    audiences,
-                    expiration_seconds: r.expiration_seconds,
-                    bound_object_ref: Some(BoundObjectReference {
-                        api_version: Some("v1".into()),
-                        kind: Some("Pod".into()),
-                        name: Some(pod_name.clone()),
-                        uid: Some(uid.clone()),
-                    }),
-                },
-                ..Default::default()
-            };
-            let issued = sas
-                .create_token_request(&sa, &PostParams::default(), &request)
-                .await
-                .map_err(|e| {
-                    format!("kubernetes.io/csi: mounter.SetUpAt failed to get service accoount token attributes: {}", api_message(&e))
-                })?;
-            let status = issued
-                .status
-                .ok_or("kubernetes.io/csi: TokenRequest returned no status")?;
-            let status = serde_json::to_value(status).map_err(|e| e.to_string())?;
-            tokens.insert(r.audience.clone(), status);
-        }
-        let tokens = serde_json::Value::Object(tokens).to_string();
+        let audiences: Vec<TokenAudience<'_>> = requests
+            .iter()
+            .map(|r| TokenAudience {
+                audience: &r.audience,
+                expiration_seconds: r.expiration_seconds,
+            })
+            .collect();
+        let tokens = pod_tokens(client, pod, &audiences)
+            .await
+            .map_err(|e| match e {
+                TokenError::Api(e) => format!(
+                    "kubernetes.io/csi: mounter.SetUpAt failed to get service accoount token attributes: {}",
+                    api_message(&e)
+                ),
+                TokenError::NoStatus => {
+                    "kubernetes.io/csi: TokenRequest returned no status".to_string()
+                }
+            })?;
         // Kubernetes 1.35 `serviceAccountTokenInSecrets`: same key, moved to the secrets field.
         if spec.service_account_token_in_secrets == Some(true) {
             secrets.insert(SA_TOKENS.into(), tokens);
