@@ -3,10 +3,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secrets_store_testenv::upstream::{OurAwsProvider, UpstreamDriver, UpstreamOptions};
 use secrets_store_testenv::{CallCounter, Cluster, Proc, find_tool, tools_bin_dir};
+
+/// How long a freshly started process may take to open its socket.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which implementation a column measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -209,7 +212,7 @@ fn start_ours(
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_ENDPOINT_URL", aws.endpoint());
     let proc = cluster.spawn("bench-ours", cmd)?;
-    wait_for_socket(&proc, &socket)?;
+    proc.wait_for_socket(&socket, SOCKET_TIMEOUT)?;
     Ok(RunningStack {
         kind: StackKind::Ours,
         socket,
@@ -305,7 +308,7 @@ fn start_upstream_pair(
         .env("AWS_ENDPOINT_URL", aws.endpoint())
         .env("KUBECONFIG", cluster.kubeconfig_path());
     let provider = cluster.spawn("bench-upstream-provider", provider)?;
-    wait_for_socket(&provider, &driver.provider_dir().join("aws.sock"))?;
+    provider.wait_for_socket(&driver.provider_dir().join("aws.sock"), SOCKET_TIMEOUT)?;
     Ok(RunningStack {
         kind: StackKind::UpstreamPair,
         socket: driver.socket().to_path_buf(),
@@ -314,21 +317,4 @@ fn start_upstream_pair(
         processes: Processes::UpstreamPair(driver, provider),
         _dir: dir,
     })
-}
-
-fn wait_for_socket(proc: &Proc, socket: &Path) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        proc.check_running()?;
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    anyhow::bail!(
-        "{} never opened {}; log: {}",
-        proc.name(),
-        socket.display(),
-        proc.log_path().display()
-    )
 }

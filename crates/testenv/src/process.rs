@@ -7,6 +7,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::Error;
 
@@ -66,6 +67,25 @@ impl Proc {
                 log_tail: tail(&self.log, 40),
             }),
             Err(e) => Err(Error::io(&self.log, e)),
+        }
+    }
+
+    /// Waits up to `timeout` until the unix `socket` accepts a connection, failing early (with
+    /// the log tail) if the process exits.
+    pub fn wait_for_socket(&self, socket: &Path, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Timeout {
+                    what: format!("{} to listen on {}", self.name, socket.display()),
+                    detail: tail(&self.log, 30),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

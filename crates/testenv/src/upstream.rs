@@ -22,9 +22,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::process::{free_port, tail};
+use crate::process::free_port;
 use crate::{Cluster, Error, Proc, tools};
 
 /// The tool name of the upstream driver binary in the tools bin dir.
@@ -106,7 +106,7 @@ impl UpstreamDriver {
             .arg(format!("-v={}", opts.log_verbosity))
             .env("KUBECONFIG", cluster.kubeconfig_path());
         let proc = cluster.spawn(&process_name("upstream-driver"), cmd)?;
-        wait_for_socket(&proc, &socket)?;
+        proc.wait_for_socket(&socket, SOCKET_TIMEOUT)?;
         Ok(Self {
             proc,
             socket,
@@ -189,7 +189,7 @@ impl OurAwsProvider {
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("RUST_LOG", rust_log);
         let proc = cluster.spawn(&process_name("our-provider-aws"), cmd)?;
-        wait_for_socket(&proc, &socket)?;
+        proc.wait_for_socket(&socket, SOCKET_TIMEOUT)?;
         Ok(Self { proc, socket })
     }
 
@@ -218,22 +218,4 @@ impl OurAwsProvider {
 fn process_name(what: &str) -> String {
     static STARTED: AtomicU64 = AtomicU64::new(0);
     format!("{what}-{}", STARTED.fetch_add(1, Ordering::Relaxed))
-}
-
-/// Waits until `socket` accepts a connection, failing early (with the log tail) if `proc` exits.
-fn wait_for_socket(proc: &Proc, socket: &Path) -> Result<(), Error> {
-    let deadline = Instant::now() + SOCKET_TIMEOUT;
-    loop {
-        proc.check_running()?;
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout {
-                what: format!("{} to listen on {}", proc.name(), socket.display()),
-                detail: tail(proc.log_path(), 30),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
