@@ -3,8 +3,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use axum::Router;
 use axum::extract::State;
@@ -13,8 +12,6 @@ use axum::routing::get;
 use secrets_store_api::csi::v1::identity_server::IdentityServer;
 use secrets_store_api::csi::v1::node_server::NodeServer;
 use secrets_store_api::registration::v1::registration_server::RegistrationServer;
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::controller::ControllerServer;
 use crate::csi::{IdentityService, NodeGrpc, Readiness};
@@ -25,16 +22,9 @@ use crate::registration::{RegistrationService, registration_socket};
 /// Why serving failed to start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// A socket could not be prepared or bound.
-    #[error("{op} {path:?}: {source}")]
-    Socket {
-        /// What was being done.
-        op: &'static str,
-        /// Which socket.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
+    /// A socket could not be bound.
+    #[error(transparent)]
+    Socket(#[from] secrets_store_uds::BindError),
     /// An HTTP listener could not be bound.
     #[error("bind {addr}: {source}")]
     Bind {
@@ -60,28 +50,6 @@ pub fn parse_endpoint(endpoint: &str) -> PathBuf {
         .or_else(|| endpoint.strip_prefix("unix:"))
         .unwrap_or(endpoint);
     PathBuf::from(path)
-}
-
-/// Binds a unix socket with mode 0600, removing a stale socket first.
-pub fn bind_unix(path: &Path) -> Result<UnixListener, ServeError> {
-    let err = |op| {
-        move |source| ServeError::Socket {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(err("create dir for"))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err("remove stale")(e)),
-    }
-    let listener = UnixListener::bind(path).map_err(err("bind"))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err("chmod"))?;
-    Ok(listener)
 }
 
 /// Settings of [`serve`].
@@ -112,7 +80,7 @@ pub async fn serve(
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    let csi_listener = bind_unix(&config.csi_socket)?;
+    let csi_listener = secrets_store_uds::bind(&config.csi_socket)?;
     let csi_server = tonic::transport::Server::builder()
         .add_service(
             IdentityServer::new(IdentityService::new(readiness.clone()))
@@ -124,7 +92,7 @@ pub async fn serve(
         )
         .add_service(ControllerServer)
         .serve_with_incoming_shutdown(
-            UnixListenerStream::new(csi_listener),
+            secrets_store_uds::incoming(csi_listener),
             stopped(stop_rx.clone()),
         );
     let mut tasks = tokio::task::JoinSet::new();
@@ -138,13 +106,15 @@ pub async fn serve(
 
     let reg_path = config.kubelet_dir.as_deref().map(registration_socket);
     if let Some(reg_path) = &reg_path {
-        let listener = bind_unix(reg_path)?;
+        let listener = secrets_store_uds::bind(reg_path)?;
         let server = tonic::transport::Server::builder()
             .add_service(RegistrationServer::new(RegistrationService::new(
                 &config.csi_socket,
             )))
+            // kubelet's registration client sends the socket path as `:authority`: `incoming`
+            // is what lets a real kubelet register us (see secrets_store_uds).
             .serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
+                secrets_store_uds::incoming(listener),
                 stopped(stop_rx.clone()),
             );
         let path = reg_path.clone();

@@ -473,7 +473,13 @@ async fn socket_is_private_replaces_a_stale_one_and_refuses_other_files() {
     let file = dir.path().join("file.sock");
     std::fs::write(&file, "not a socket").unwrap();
     let err = server::bind(&file).unwrap_err();
-    assert!(matches!(err, server::ServeError::NotASocket(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            server::ServeError::Socket(secrets_store_uds::BindError::NotASocket(_))
+        ),
+        "{err}"
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a socket");
     assert_only(dir.path(), &["aws.sock", "file.sock"]);
 }

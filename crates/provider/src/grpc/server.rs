@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,7 +11,6 @@ use secrets_store_api::provider::v1alpha1::csi_driver_provider_server::{
     CsiDriverProvider, CsiDriverProviderServer,
 };
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use super::{API_VERSION, DEFAULT_MAX_RESPONSE_BYTES};
@@ -24,17 +22,9 @@ use crate::{
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// Something other than a socket is in the way.
-    #[error("{0} exists and is not a socket; refusing to replace it")]
-    NotASocket(PathBuf),
-    /// Creating, securing or publishing the socket failed.
-    #[error("cannot create the provider socket {path}: {source}")]
-    Socket {
-        /// The socket path.
-        path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
-    },
+    /// The provider socket could not be created.
+    #[error("provider socket: {0}")]
+    Socket(#[from] secrets_store_uds::BindError),
     /// The gRPC server failed.
     #[error("the provider gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -50,33 +40,9 @@ pub async fn serve(
     serve_on(provider, listener, socket, shutdown).await
 }
 
-/// Creates the socket with mode 0600, replacing a stale socket left by a previous run.
-///
-/// The socket is bound under a temporary name, restricted, then renamed into place, so it is
-/// never reachable with looser permissions.
+/// Creates the provider socket (see [`secrets_store_uds::bind`]).
 pub fn bind(socket: &Path) -> Result<UnixListener, ServeError> {
-    let io = |source| ServeError::Socket {
-        path: socket.to_owned(),
-        source,
-    };
-    match std::fs::symlink_metadata(socket) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(socket).map_err(io)?,
-        Ok(_) => return Err(ServeError::NotASocket(socket.to_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let mut staging = socket.as_os_str().to_owned();
-    staging.push(format!(".{}.tmp", std::process::id()));
-    let staging = PathBuf::from(staging);
-    let _ = std::fs::remove_file(&staging);
-    let listener = UnixListener::bind(&staging).map_err(io)?;
-    let publish = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&staging, socket));
-    if let Err(e) = publish {
-        let _ = std::fs::remove_file(&staging);
-        return Err(io(e));
-    }
-    Ok(listener)
+    Ok(secrets_store_uds::bind(socket)?)
 }
 
 /// Serves `provider` on an already bound `listener` until `shutdown` completes, then removes
@@ -93,7 +59,7 @@ pub async fn serve_on(
         .max_decoding_message_size(DEFAULT_MAX_RESPONSE_BYTES);
     let result = tonic::transport::Server::builder()
         .add_service(service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(secrets_store_uds::incoming(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(socket);
     result.map_err(ServeError::from)
