@@ -9,7 +9,7 @@ export SECRETS_STORE_TOOLS_BIN ?= $(SECRETS_STORE_CACHE)/bin
 # The AWS SDK must never reach for instance metadata on a developer machine or in CI.
 export AWS_EC2_METADATA_DISABLED := true
 
-.PHONY: test tools lint build unit crds demo bench fuzz soak clean-cache
+.PHONY: test tools lint build unit crds demo bench fuzz soak clean-cache images
 
 ## test: everything CI runs (.ci/run calls exactly this)
 test: tools lint deny
@@ -35,6 +35,12 @@ crds:
 demo: tools
 	$(CARGO) build -q -p secrets-store --locked
 	$(CARGO) run -q -p secrets-store --example demo --locked
+
+## images: pause, nginx stand-in and secrets-store images as `docker save` tarballs in
+## $(SECRETS_STORE_CACHE)/images for `ctr -n k8s.io images import` (no Docker engine, no registry).
+## Packages target/release/secrets-store as it is (built only if missing; rebuild it first).
+images:
+	bash hack/images.sh
 
 clean-cache:
 	rm -rf $(SECRETS_STORE_CACHE)
