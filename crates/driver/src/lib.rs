@@ -25,6 +25,7 @@ pub mod controller;
 pub mod csi;
 pub mod node;
 pub mod providers;
+pub mod refresh;
 pub mod registration;
 pub mod rotation;
 pub mod server;

@@ -19,6 +19,7 @@ use crate::locks::VolumeLocks;
 use crate::metrics::Metrics;
 use crate::mounter::Mounter;
 use crate::providers::ProviderRegistry;
+use crate::refresh::Remembered;
 use crate::rotation::{ROTATION_COMPLETE_REASON, ROTATION_FAILED_REASON, RotationSchedule};
 use crate::status::{PodEffects, pod_reference, pod_status};
 use crate::volume_context::{TOKENS_KEY, VolumeContext};
@@ -94,6 +95,16 @@ impl std::fmt::Debug for PublishRequest {
     }
 }
 
+/// Who asked for a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// kubelet, through `NodePublishVolume`.
+    Kubelet,
+    /// The agent's own rotation schedule ([`NodeService::refresh_mounted`]): only ever refreshes
+    /// a volume that is still mounted and still remembered.
+    Refresh,
+}
+
 /// Static settings of the node service.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -117,6 +128,8 @@ struct Inner {
     effects: PodEffects,
     hooks: Vec<Arc<dyn AfterMount>>,
     rotation: RotationSchedule,
+    /// Each mounted volume's last request, republished by [`NodeService::refresh_mounted`].
+    remembered: Remembered,
     /// The pod status last written per target path, so a republish neither reads it back nor
     /// rewrites it when nothing changed (rebuilt from the API after a restart).
     statuses: std::sync::Mutex<HashMap<PathBuf, Arc<SecretProviderClassPodStatus>>>,
@@ -152,6 +165,7 @@ impl NodeService {
                 effects,
                 hooks,
                 rotation: RotationSchedule::new(None),
+                remembered: Remembered::default(),
                 statuses: std::sync::Mutex::default(),
             }),
         }
@@ -205,16 +219,26 @@ impl NodeService {
     /// Handles `NodePublishVolume`: records metrics and, once the pod is known, a Warning Event
     /// on failure.
     pub async fn publish(&self, req: PublishRequest) -> Result<(), PublishError> {
+        self.publish_for(req, Trigger::Kubelet).await
+    }
+
+    async fn publish_for(&self, req: PublishRequest, trigger: Trigger) -> Result<(), PublishError> {
         let started = Instant::now();
         let mut provider_name = String::new();
         let mut pod = None;
         let mut republish = false;
         let result = self
-            .publish_inner(&req, &mut provider_name, &mut pod, &mut republish)
+            .publish_inner(&req, trigger, &mut provider_name, &mut pod, &mut republish)
             .await;
         let seconds = started.elapsed().as_secs_f64();
         match &result {
             Ok(()) => {
+                // Only kubelet's requests are kept: they carry the freshest tokens.
+                if trigger == Trigger::Kubelet && self.inner.rotation.interval().is_some() {
+                    self.inner
+                        .remembered
+                        .remember(Path::new(&req.target_path), &req);
+                }
                 self.inner.metrics.publish_ok(&provider_name, seconds);
                 tracing::info!(target_path = %req.target_path, provider = %provider_name, seconds, "volume published");
             }
@@ -252,9 +276,37 @@ impl NodeService {
         result
     }
 
+    /// Republishes mounted volumes on their own rotation schedule, without waiting for kubelet
+    /// (see [`crate::refresh`]); runs until the process ends. Does nothing without rotation.
+    pub async fn refresh_mounted(self) {
+        let Some(interval) = self.inner.rotation.interval() else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(crate::refresh::tick(interval));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = Instant::now();
+            let due = self
+                .inner
+                .remembered
+                .refreshable(chrono::Utc::now(), |target| {
+                    self.inner.rotation.due(target, now)
+                });
+            if !due.is_empty() {
+                tracing::debug!(volumes = due.len(), "refreshing mounted volumes due for rotation");
+            }
+            for req in due {
+                // Errors are reported (Event, metrics, log) by publish itself.
+                let _ = self.publish_for(req, Trigger::Refresh).await;
+            }
+        }
+    }
+
     async fn publish_inner(
         &self,
         req: &PublishRequest,
+        trigger: Trigger,
         provider_name: &mut String,
         pod: &mut Option<VolumeContext>,
         republish: &mut bool,
@@ -283,6 +335,10 @@ impl NodeService {
         let _guard = self.inner.locks.lock(&target).await;
 
         let was_mounted = self.inner.mounter.is_mount_point(&target)?;
+        if trigger == Trigger::Refresh && !(was_mounted && self.inner.remembered.contains(&target)) {
+            // Unpublished since the refresh loop picked it: never mount anything back.
+            return Ok(());
+        }
         let started = Instant::now();
         if was_mounted && !self.inner.rotation.due(&target, started) {
             tracing::debug!(target_path = %target.display(), "republish within the rotation poll interval; nothing to fetch");
@@ -532,6 +588,7 @@ impl NodeService {
         let target = PathBuf::from(target_path);
         let _guard = self.inner.locks.lock(&target).await;
         self.inner.rotation.forget(&target);
+        self.inner.remembered.forget(&target);
         self.lock_statuses().remove(&target);
         let mounter = self.inner.mounter.clone();
         tokio::task::spawn_blocking(move || mounter.unmount_and_remove(&target))

@@ -38,6 +38,11 @@ impl RotationSchedule {
         }
     }
 
+    /// The poll interval; `None` when rotation is off.
+    pub fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
+
     /// Whether a republish of the mounted volume at `target` should fetch again now. A volume
     /// this process never fetched (after a restart) is due, so rotation resumes at once.
     pub fn due(&self, target: &Path, now: Instant) -> bool {

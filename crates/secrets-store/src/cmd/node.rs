@@ -178,6 +178,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             args.provider_health_check_interval,
         ));
     }
+    // Rotation reaches pods after the poll interval, not after it plus kubelet's sync period.
+    tokio::spawn(service.clone().refresh_mounted());
     let config = ServeConfig {
         csi_socket: parse_endpoint(&args.endpoint),
         kubelet_dir: (!args.no_registration).then(|| args.kubelet_dir.clone()),
