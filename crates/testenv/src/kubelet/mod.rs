@@ -5,6 +5,7 @@
 
 mod csi;
 mod env;
+pub mod grpc_go;
 pub mod tokens;
 mod volumes;
 
