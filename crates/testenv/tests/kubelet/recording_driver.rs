@@ -12,8 +12,6 @@ use secrets_store_api::registration::v1::registration_server::{Registration, Reg
 use secrets_store_api::registration::v1::{
     InfoRequest, PluginInfo, RegistrationStatus, RegistrationStatusResponse,
 };
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 /// What the test driver saw at each publish.
@@ -169,19 +167,19 @@ pub fn serve_driver(name: &str, root: &Path, tmp: &Path) -> TestDriver {
         csi_socket: csi_socket.clone(),
         rec: Arc::default(),
     };
-    let csi = UnixListener::bind(&csi_socket).unwrap();
+    let csi = secrets_store_uds::bind(&csi_socket).unwrap();
     let d = driver.clone();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(IdentityServer::new(d.clone()))
             .add_service(NodeServer::new(d))
-            .serve_with_incoming(UnixListenerStream::new(csi)),
+            .serve_with_incoming(secrets_store_uds::incoming(csi)),
     );
-    let reg = UnixListener::bind(reg_dir.join(format!("{name}-reg.sock"))).unwrap();
+    let reg = secrets_store_uds::bind(&reg_dir.join(format!("{name}-reg.sock"))).unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(RegistrationServer::new(driver.clone()))
-            .serve_with_incoming(UnixListenerStream::new(reg)),
+            .serve_with_incoming(secrets_store_uds::incoming(reg)),
     );
     driver
 }
