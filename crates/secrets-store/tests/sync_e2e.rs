@@ -212,6 +212,26 @@ async fn failed_rotation_keeps_last_good_content_and_recovers() {
     wait_for_value(&world, pod, "back").await;
 }
 
+/// kubelet republishes only once per sync period (about a minute); the agent refreshes mounted
+/// volumes on its own poll interval with the tokens of kubelet's last publish, so a rotation
+/// reaches the file and the synced Secret without any republish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotation_lands_on_the_poll_interval_without_a_kubelet_republish() {
+    let world = World::start("selfrefresh", "1s", Duration::from_secs(3600)).await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let role = world.seed_aws("secretkey").await;
+    world.apply_seed(&role).await;
+    scale(&world, 1).await;
+    let pods = world.running_pods(1).await;
+    wait_for_value(&world, &pods[0], "secretkey").await;
+
+    world.rotate("rotated-by-the-agent").await;
+    wait_for_value(&world, &pods[0], "rotated-by-the-agent").await;
+    let pod_name = pods[0].metadata.name.clone().unwrap();
+    let events = world.pod_events(&pod_name, "SecretRotationComplete").await;
+    assert!(!events.is_empty(), "the refresh reports like a republish");
+}
+
 /// Waits until `pod`'s mounted secret file and the synced `foosecret` both hold `value`.
 async fn wait_for_value(world: &World, pod: &Pod, value: &str) {
     eventually(WAIT, &format!("the file to hold {value:?}"), || async {
