@@ -75,6 +75,21 @@ fn helm_lint_passes_for_default_and_full_values() {
         "syncSecret.enabled=true,enableSecretRotation=true,providerHealthCheck=true,aws.enabled=false,metrics.enabled=false,logFormatJSON=true,logVerbosity=5,aws.region=eu-west-1",
     ]);
     assert!(out.contains("0 chart(s) failed"), "{out}");
+    // What a node without kube-proxy (the real test node) needs.
+    let node_values = "hostNetwork=true,apiServer.host=127.0.0.1,apiServer.port=6443,serviceAccountTokenInSecrets=false,extraEnv[0].name=AWS_ENDPOINT_URL,extraEnv[0].value=http://127.0.0.1:5000";
+    let out = helm(&["lint", "--strict", chart, "--set", node_values]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    let out = render(&[node_values]);
+    for want in [
+        "hostNetwork: true",
+        "dnsPolicy: ClusterFirstWithHostNet",
+        "- name: KUBERNETES_SERVICE_HOST\n              value: \"127.0.0.1\"",
+        "- name: KUBERNETES_SERVICE_PORT\n              value: \"6443\"",
+        "- name: AWS_ENDPOINT_URL\n              value: http://127.0.0.1:5000",
+        "serviceAccountTokenInSecrets: false",
+    ] {
+        assert!(out.contains(want), "{want} not in:\n{out}");
+    }
 }
 
 #[test]
