@@ -57,6 +57,11 @@ pub struct NodeArgs {
     /// How often rotation re-fetches a mounted volume, from its last successful fetch, e.g. `2m`.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     pub rotation_poll_interval: Duration,
+    /// With rotation, also re-fetch mounted volumes on the poll interval by ourselves, with the
+    /// tokens of kubelet's last publish, so a change lands after the poll interval rather than
+    /// after it plus kubelet's sync period. `false`: only on kubelet's republishes, as upstream.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub rotation_self_refresh: bool,
     /// Sync `secretObjects` as Kubernetes Secrets (needs the Secret RBAC of `syncSecret.enabled`).
     #[arg(long, env = "ENABLE_SECRET_SYNC")]
     pub enable_secret_sync: bool,
@@ -178,8 +183,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             args.provider_health_check_interval,
         ));
     }
-    // Rotation reaches pods after the poll interval, not after it plus kubelet's sync period.
-    tokio::spawn(service.clone().refresh_mounted());
+    if args.rotation_self_refresh {
+        // Rotation reaches pods after the poll interval, not after it plus kubelet's sync period.
+        tokio::spawn(service.clone().refresh_mounted());
+    }
     let config = ServeConfig {
         csi_socket: parse_endpoint(&args.endpoint),
         kubelet_dir: (!args.no_registration).then(|| args.kubelet_dir.clone()),

@@ -170,6 +170,7 @@ fn every_rendered_flag_is_accepted_by_the_agent() {
         "syncSecret.enabled=true",
         "enableSecretRotation=true",
         "rotationPollInterval=45s",
+        "rotationSelfRefresh=false",
         "providerHealthCheck=true",
         "aws.enabled=false",
         "aws.region=eu-west-1",
@@ -192,6 +193,7 @@ fn every_rendered_flag_is_accepted_by_the_agent() {
         "--no-aws-provider",
         "--log-format-json",
         "--metrics-addr=",
+        "--rotation-self-refresh=false",
     ] {
         assert!(args.iter().any(|a| a == flag), "{flag} rendered: {args:?}");
     }
