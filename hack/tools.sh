@@ -4,6 +4,9 @@
 #   hack/tools.sh [core|all|<tool>...]   build what is missing (default: core)
 #   hack/tools.sh env                    print `export VAR=path` lines for the Makefile
 #
+# `node-packages` (in core) is not built: it installs, as root with apt-get and only when missing,
+# the Debian packages a real test node runs on (containerd, runc, CNI plugins, busybox-static).
+#
 # Each tool lands in $SECRETS_STORE_CACHE/tools/<name>-<version>/ (outside the repo, keyed by
 # version) and is built only when that directory lacks it; $SECRETS_STORE_CACHE/bin holds symlinks
 # to the pinned versions, which is where crates/testenv looks.
@@ -62,7 +65,9 @@ GO
 # published version.
 kube_module() {
   local src="$TOOLS/kubernetes-$K8S_VERSION/src"
-  if [[ ! -f "$src/.ready" ]]; then
+  # The marker names the commands the module was tidied for; adding one re-prepares it.
+  local cmds="kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl"
+  if [[ "$(cat "$src/.ready" 2>/dev/null)" != "$cmds" ]]; then
     need_go; log "preparing k8s.io/kubernetes $K8S_VERSION module"
     mkdir -p "$src"
     (cd "$src" && rm -f go.mod go.sum && go mod init local/kube >/dev/null 2>&1
@@ -80,10 +85,13 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
       GOFLAGS=-mod=mod go mod tidy >/dev/null 2>&1 || GOFLAGS=-mod=mod go mod tidy)
-    touch "$src/.ready"
+    echo "$cmds" >"$src/.ready"
   fi
   echo "$src"
 }
@@ -202,10 +210,33 @@ cargo_install() {
   link "$name" "$dest/bin/$name"
 }
 
+# The Debian packages a real test node runs on (crates/testenv's real_node): containerd, runc and
+# the CNI plugins, plus the static busybox that hack/images.sh packs into the nginx stand-in.
+# apt-get runs only when one is missing, and `apt-get update` only when the install fails without it.
+NODE_PACKAGES=(containerd runc containernetworking-plugins busybox-static)
+node_packages() {
+  local missing=() p status
+  for p in "${NODE_PACKAGES[@]}"; do
+    status="$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)"
+    [[ "$status" == "install ok installed" ]] || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  command -v apt-get >/dev/null || die "missing Debian packages ${missing[*]} and no apt-get: install them by hand"
+  [[ $EUID -eq 0 ]] || die "missing Debian packages ${missing[*]}: run as root, or: sudo apt-get install ${missing[*]}"
+  log "installing ${missing[*]} (apt-get)"
+  local apt=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}")
+  if ! "${apt[@]}" >/dev/null 2>&1; then
+    log "apt-get install failed; updating the package lists first"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    "${apt[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
+  fi
+}
+
 build_one() {
   case "$1" in
+    node-packages) node_packages ;;
     etcd) build_etcd ;;
-    kube-apiserver|kube-controller-manager) build_kube "$1" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kubectl) build_kube "$1" ;;
     csi-sanity) go_install csi-sanity "$CSI_TEST_VERSION" github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity ;;
     moto) build_moto ;;
     cargo-deny) cargo_install cargo-deny "$CARGO_DENY_VERSION" || die "could not install cargo-deny $CARGO_DENY_VERSION" ;;
@@ -219,7 +250,8 @@ build_one() {
   esac
 }
 
-CORE=(moto etcd kube-apiserver kube-controller-manager csi-sanity helm cargo-deny upstream-driver)
+CORE=(moto etcd kube-apiserver kube-controller-manager csi-sanity helm cargo-deny upstream-driver
+  node-packages kubelet kube-scheduler kubectl)
 
 case "${1:-core}" in
   env)

@@ -198,5 +198,15 @@ fn args(f: &ApiserverFlags<'_>) -> Vec<String> {
         "--allow-privileged=true".into(),
         "--profiling=false".into(),
         "--enable-priority-and-fairness=false".into(),
+        // For a real kubelet (`crate::real_node`): `logs`, `exec` and `port-forward` go through
+        // the apiserver to the kubelet's API, verified with the cluster CA, at the node's
+        // InternalIP (its hostname resolves nowhere).
+        format!(
+            "--kubelet-client-certificate={}",
+            pki.kubelet_client_cert.display()
+        ),
+        format!("--kubelet-client-key={}", pki.kubelet_client_key.display()),
+        format!("--kubelet-certificate-authority={}", pki.ca_cert.display()),
+        "--kubelet-preferred-address-types=InternalIP".into(),
     ]
 }

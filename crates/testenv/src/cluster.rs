@@ -36,6 +36,8 @@ pub struct Cluster {
     kubeconfig: PathBuf,
     server_url: String,
     ca_pem: String,
+    /// The PKI files (a real node's certificates are issued from its CA).
+    pki: certs::Pki,
     config: Config,
     moto: Moto,
     apiserver: Restartable,
@@ -85,6 +87,11 @@ impl Cluster {
     /// The Node that the kubelet simulator plays.
     pub fn node_name(&self) -> &str {
         NODE_NAME
+    }
+
+    /// The PKI files of this cluster.
+    pub(crate) fn pki(&self) -> &certs::Pki {
+        &self.pki
     }
 
     /// The moto server.
@@ -318,8 +325,15 @@ fn make_run_dir() -> Result<PathBuf, Error> {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(pid) = name.strip_prefix("run-")
                 && !Path::new("/proc").join(pid).exists()
+                // A killed run's real node is cleaned up by the next `RealNode::start`, which
+                // needs its dir.
+                && !crate::real_node::holds_unrestored_node(&entry.path())
             {
-                let _ = std::fs::remove_dir_all(entry.path());
+                // A real node can leave mounts behind (kubelet's bind mount of its root,
+                // container root filesystems); never delete through a mount point.
+                if crate::real_node::unmount_all_under(&entry.path()).is_ok() {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
             }
         }
     }
@@ -451,6 +465,7 @@ fn start(rt: &tokio::runtime::Runtime, spawner: mpsc::Sender<SpawnJob>) -> Resul
         kubeconfig,
         server_url,
         ca_pem: pki.ca_pem.clone(),
+        pki,
         config,
         moto,
         apiserver,

@@ -14,6 +14,7 @@ mod moto;
 pub mod node_agent;
 mod process;
 mod proxy;
+pub mod real_node;
 mod tools;
 pub mod upstream;
 mod wait;
