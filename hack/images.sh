@@ -3,7 +3,9 @@
 # is a `docker save`-format tarball (one layer tar, a config JSON, manifest.json with RepoTags),
 # which `ctr -n k8s.io images import <tar>` accepts as is.
 #
-#   hack/images.sh [OUT_DIR]   build what changed into OUT_DIR (default $SECRETS_STORE_CACHE/images)
+#   hack/images.sh [OUT_DIR [IMAGE...]]   build what changed into OUT_DIR (default
+#                                         $SECRETS_STORE_CACHE/images); IMAGE is pause, nginx or
+#                                         secrets-store (default: all three)
 #
 #   pause.tar          localhost/secrets-store-rs/pause:3.10  hack/images/pause.c, gcc -static
 #   nginx.tar          docker.io/library/nginx:1.14.2         busybox httpd stand-in for the seed's
@@ -32,6 +34,13 @@ root="$(cd "$here/.." && pwd)"
 
 CACHE="${SECRETS_STORE_CACHE:-$HOME/.cache/secrets-store-rs}"
 OUT="${1:-$CACHE/images}"
+shift || true
+WANT=("$@")
+[[ ${#WANT[@]} -gt 0 ]] || WANT=(pause nginx secrets-store)
+for w in "${WANT[@]}"; do
+  case "$w" in pause | nginx | secrets-store) ;; *) printf 'hack/images.sh: unknown image %s\n' "$w" >&2; exit 1 ;; esac
+done
+wanted() { [[ " ${WANT[*]} " == *" $1 "* ]]; }
 CARGO="${CARGO:-cargo}"
 
 PAUSE_TAG="localhost/secrets-store-rs/pause:3.10"
@@ -239,6 +248,7 @@ command -v gcc >/dev/null || die "gcc is required for the pause image (apt-get i
 command -v strip >/dev/null || die "strip is required (apt-get install binutils)"
 [[ -f "$CA_BUNDLE" ]] || die "$CA_BUNDLE is missing: install the ca-certificates package"
 
+if wanted nginx; then
 need_busybox="install the busybox-static package (apt-get install busybox-static)"
 [[ -x "$BUSYBOX" ]] || die "$BUSYBOX is missing: $need_busybox"
 # A dynamically linked busybox (Debian's `busybox` package) would not run in the image.
@@ -247,6 +257,9 @@ APPLETS="$("$BUSYBOX" --list)"
 for applet in sh cat ls env sleep httpd grep mount test awk; do
   grep -qx "$applet" <<<"$APPLETS" || die "$BUSYBOX lacks the $applet applet: $need_busybox"
 done
+fi
+
+if wanted secrets-store; then
 
 if [[ -n "${SECRETS_STORE_BIN:-}" ]]; then
   BIN="$SECRETS_STORE_BIN"
@@ -268,21 +281,23 @@ fi
 LIBS="$(awk '$2 == "=>" && $3 ~ /^\// { print $3; next } $1 ~ /^\// { print $1 }' <<<"$ldd_out" \
   | LC_ALL=C sort -u)"
 [[ -n "$LIBS" ]] || die "ldd found no shared libraries for $BIN (expected glibc)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # The images.
 
-build_image pause "$PAUSE_TAG" \
+wanted pause && build_image pause "$PAUSE_TAG" \
   "$(sha "$here/images/pause.c") gcc-$(gcc -dumpfullversion)-$(gcc -dumpmachine)" \
   stage_pause \
   "$(config_json "$(json_list /pause)" null)"
 
-build_image nginx "$NGINX_TAG" \
+wanted nginx && build_image nginx "$NGINX_TAG" \
   "$(sha "$BUSYBOX")" \
   stage_nginx \
   "$(config_json null "$(json_list /bin/sh -c "$NGINX_CMD")" \
     '"ExposedPorts":{"80/tcp":{}},"StopSignal":"SIGTERM"')"
 
+wanted secrets-store || exit 0
 product_inputs="$(sha "$BIN") $(sha "$CA_BUNDLE")"
 while read -r lib; do product_inputs+=" $lib=$(sha "$lib")"; done <<<"$LIBS"
 log "secrets-store: $BIN with $(tr '\n' ' ' <<<"$LIBS")"

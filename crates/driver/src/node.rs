@@ -294,7 +294,10 @@ impl NodeService {
                     self.inner.rotation.due(target, now)
                 });
             if !due.is_empty() {
-                tracing::debug!(volumes = due.len(), "refreshing mounted volumes due for rotation");
+                tracing::debug!(
+                    volumes = due.len(),
+                    "refreshing mounted volumes due for rotation"
+                );
             }
             for req in due {
                 // Errors are reported (Event, metrics, log) by publish itself.
@@ -335,7 +338,8 @@ impl NodeService {
         let _guard = self.inner.locks.lock(&target).await;
 
         let was_mounted = self.inner.mounter.is_mount_point(&target)?;
-        if trigger == Trigger::Refresh && !(was_mounted && self.inner.remembered.contains(&target)) {
+        if trigger == Trigger::Refresh && !(was_mounted && self.inner.remembered.contains(&target))
+        {
             // Unpublished since the refresh loop picked it: never mount anything back.
             return Ok(());
         }

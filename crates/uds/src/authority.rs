@@ -184,11 +184,11 @@ impl AuthorityFixup {
         let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
         let kind = header[3];
         let flags = header[4];
-        let stream_id = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & !(1 << 31);
+        let stream_id =
+            u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & !(1 << 31);
 
         let in_block = self.block.is_some();
-        let is_header_frame =
-            kind == TYPE_HEADERS || (kind == TYPE_CONTINUATION && in_block);
+        let is_header_frame = kind == TYPE_HEADERS || (kind == TYPE_CONTINUATION && in_block);
         if in_block && kind != TYPE_CONTINUATION {
             return Err(FixupError::InterleavedFrame(kind));
         }
@@ -308,7 +308,9 @@ fn write_header_frames(block: &PendingBlock, encoded: &[u8], out: &mut Vec<u8>) 
 }
 
 fn write_frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8], out: &mut Vec<u8>) {
-    let len = u32::try_from(payload.len()).expect("payload within a frame").to_be_bytes();
+    let len = u32::try_from(payload.len())
+        .expect("payload within a frame")
+        .to_be_bytes();
     out.extend_from_slice(&len[1..]);
     out.push(kind);
     out.push(flags);

@@ -9,9 +9,12 @@ use crate::Error;
 /// The sandbox ("pause") image containerd is configured with (`hack/images.sh`'s `pause.tar`).
 pub const PAUSE_IMAGE: &str = "localhost/secrets-store-rs/pause:3.10";
 
-/// The tarballs every node imports at start: the sandbox image and the seed's `nginx:1.14.2`
-/// stand-in.
-pub(crate) const PRELOADED: &[&str] = &["pause.tar", "nginx.tar"];
+/// The images every node imports at start (`<name>.tar`): the sandbox image and the seed's
+/// `nginx:1.14.2` stand-in.
+pub(crate) const PRELOADED: &[&str] = &["pause", "nginx"];
+
+/// The node agent's image as `hack/images.sh` tags it (`secrets-store.tar`).
+pub const AGENT_IMAGE: &str = "localhost/secrets-store-rs:dev";
 
 /// Where `hack/images.sh` writes by default: `$SECRETS_STORE_CACHE/images`, else
 /// `~/.cache/secrets-store-rs/images`.
@@ -28,24 +31,33 @@ fn images_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../hack/images.sh")
 }
 
-/// Runs `bash hack/images.sh <dir>`, which rebuilds only images whose inputs changed (it also
-/// packages the product image: see the script for how it finds the binary).
-pub(crate) async fn build(dir: &Path) -> Result<(), Error> {
+/// Runs `bash hack/images.sh <dir> <names>`, which rebuilds only images whose inputs changed.
+/// `agent_binary` is the `secrets-store` binary to package when `names` holds `secrets-store`.
+pub(crate) async fn build(
+    dir: &Path,
+    names: &[&str],
+    agent_binary: Option<&Path>,
+) -> Result<(), Error> {
     let script = images_script();
-    let out = tokio::process::Command::new("bash")
-        .arg(&script)
-        .arg(dir)
-        .output()
-        .await
-        .map_err(|source| Error::Spawn {
-            name: script.display().to_string(),
-            source,
-        })?;
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(&script).arg(dir).args(names);
+    if let Some(bin) = agent_binary {
+        cmd.env("SECRETS_STORE_BIN", bin);
+    }
+    let out = cmd.output().await.map_err(|source| Error::Spawn {
+        name: script.display().to_string(),
+        source,
+    })?;
     if out.status.success() {
         Ok(())
     } else {
         Err(Error::Exited {
-            name: format!("bash {} {}", script.display(), dir.display()),
+            name: format!(
+                "bash {} {} {}",
+                script.display(),
+                dir.display(),
+                names.join(" ")
+            ),
             status: out.status.to_string(),
             log_tail: String::from_utf8_lossy(&out.stderr).into_owned(),
         })

@@ -43,6 +43,7 @@
 //! `HELM_CACHE_HOME`/`HELM_CONFIG_HOME`/`HELM_DATA_HOME` (and kubectl `--cache-dir`) under the run
 //! dir, or they write to `~/.cache`, `~/.config` and `~/.kube`.
 
+mod agent;
 mod config;
 mod control_plane;
 mod host;
@@ -63,8 +64,9 @@ use crate::{Cluster, Error, certs, tools};
 use config::{KubeletSettings, NodeDirs, PodNetwork};
 use teardown::{HostState, MachineLock};
 
+pub use agent::{AgentChart, AgentRelease};
 pub use host::HostSnapshot;
-pub use images::{PAUSE_IMAGE, default_images_dir};
+pub use images::{AGENT_IMAGE, PAUSE_IMAGE, default_images_dir};
 pub use teardown::mounts_under;
 pub(crate) use teardown::unmount_all_under;
 
@@ -97,6 +99,9 @@ pub struct RealNodeConfig {
     pub lock_timeout: Duration,
     /// How long the node may take to become Ready.
     pub ready_timeout: Duration,
+    /// Also package this `secrets-store` binary as [`AGENT_IMAGE`] and import it (to install the
+    /// chart with; tests pass the binary under test).
+    pub agent_binary: Option<PathBuf>,
 }
 
 impl Default for RealNodeConfig {
@@ -109,6 +114,7 @@ impl Default for RealNodeConfig {
             pod_subnet: Ipv4Addr::new(10, 77, 0, 0),
             lock_timeout: Duration::from_secs(600),
             ready_timeout: Duration::from_secs(120),
+            agent_binary: None,
         }
     }
 }
@@ -168,12 +174,18 @@ impl RealNode {
         }
         // Build images while waiting for the lock; they are imported once containerd runs.
         let images_dir = config.images_dir.clone().unwrap_or_else(default_images_dir);
+        let mut preload = images::PRELOADED.to_vec();
+        if config.agent_binary.is_some() {
+            preload.push("secrets-store");
+        }
         let build = {
             let dir = images_dir.clone();
             let build = config.images_dir.is_none();
+            let names = preload.clone();
+            let agent = config.agent_binary.clone();
             tokio::spawn(async move {
                 if build {
-                    images::build(&dir).await
+                    images::build(&dir, &names, agent.as_deref()).await
                 } else {
                     Ok(())
                 }
@@ -291,8 +303,8 @@ impl RealNode {
         build
             .await
             .map_err(|e| Error::Http(format!("image build task: {e}")))??;
-        for tar in images::PRELOADED {
-            node.import_image(&node.images_dir.join(tar))?;
+        for name in preload {
+            node.import_image(&node.images_dir.join(format!("{name}.tar")))?;
         }
         node.wait_ready(config.ready_timeout).await?;
         eprintln!(

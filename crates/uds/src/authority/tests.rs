@@ -10,7 +10,10 @@ fn request_headers(authority: &[u8]) -> Fields {
     vec![
         (b":method", b"POST".to_vec()),
         (b":scheme", b"http".to_vec()),
-        (b":path", b"/pluginregistration.Registration/GetInfo".to_vec()),
+        (
+            b":path",
+            b"/pluginregistration.Registration/GetInfo".to_vec(),
+        ),
         (b":authority", authority.to_vec()),
         (b"content-type", b"application/grpc".to_vec()),
         (b"user-agent", b"grpc-go/1.72.2".to_vec()),
@@ -32,7 +35,12 @@ fn client_bytes(encoder: &mut Encoder<'static>, requests: &[Fields]) -> Vec<u8> 
         let stream_id = 1 + 2 * u32::try_from(i).unwrap();
         let block = encoder.encode(headers.iter().map(|(n, v)| (*n, v.as_slice())));
         out.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, stream_id, &block));
-        out.extend(frame(0x0, FLAG_END_STREAM, stream_id, &[0, 0, 0, 0, 2, 0xaa, 0xbb]));
+        out.extend(frame(
+            0x0,
+            FLAG_END_STREAM,
+            stream_id,
+            &[0, 0, 0, 0, 2, 0xaa, 0xbb],
+        ));
     }
     out
 }
@@ -47,7 +55,10 @@ struct Frame {
 
 /// Splits what the server would read into frames, after checking the preface.
 fn server_frames(bytes: &[u8]) -> Vec<Frame> {
-    assert!(bytes.starts_with(PREFACE), "the preface passes through first");
+    assert!(
+        bytes.starts_with(PREFACE),
+        "the preface passes through first"
+    );
     let mut rest = &bytes[PREFACE.len()..];
     let mut frames = Vec::new();
     while !rest.is_empty() {
@@ -72,7 +83,11 @@ fn server_header_lists(frames: &[Frame]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
         match f.kind {
             TYPE_HEADERS => {
                 assert_eq!(f.flags & FLAG_PADDED, 0, "padding is dropped");
-                let skip = if f.flags & FLAG_PRIORITY != 0 { PRIORITY_LEN } else { 0 };
+                let skip = if f.flags & FLAG_PRIORITY != 0 {
+                    PRIORITY_LEN
+                } else {
+                    0
+                };
                 block = f.payload[skip..].to_vec();
             }
             TYPE_CONTINUATION => block.extend_from_slice(&f.payload),
@@ -90,7 +105,11 @@ fn server_header_lists(frames: &[Frame]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 fn field<'a>(list: &'a [(Vec<u8>, Vec<u8>)], name: &[u8]) -> &'a [u8] {
-    &list.iter().find(|(n, _)| n == name).expect("field present").1
+    &list
+        .iter()
+        .find(|(n, _)| n == name)
+        .expect("field present")
+        .1
 }
 
 fn run(input: &[u8]) -> Vec<u8> {
@@ -117,7 +136,11 @@ fn kubelets_percent_encoded_socket_path_becomes_localhost() {
     let headers = frames.iter().find(|f| f.kind == TYPE_HEADERS).unwrap();
     assert_eq!((headers.stream_id, headers.flags), (1, FLAG_END_HEADERS));
     let data = frames.iter().find(|f| f.kind == 0x0).unwrap();
-    assert_eq!(data.payload, [0, 0, 0, 0, 2, 0xaa, 0xbb], "DATA is untouched");
+    assert_eq!(
+        data.payload,
+        [0, 0, 0, 0, 2, 0xaa, 0xbb],
+        "DATA is untouched"
+    );
 }
 
 #[test]
@@ -133,7 +156,10 @@ fn a_valid_authority_is_kept() {
 fn byte_by_byte_input_gives_the_same_output() {
     let input = client_bytes(
         &mut Encoder::new(),
-        &[request_headers(KUBELET_AUTHORITY), request_headers(KUBELET_AUTHORITY)],
+        &[
+            request_headers(KUBELET_AUTHORITY),
+            request_headers(KUBELET_AUTHORITY),
+        ],
     );
     let mut fixup = AuthorityFixup::default();
     let mut out = Vec::new();
@@ -181,7 +207,11 @@ fn padding_priority_and_continuation_are_understood() {
     input.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 3, b));
 
     let frames = server_frames(&run(&input));
-    assert_eq!(frames.len(), 1, "one HEADERS frame carries the re-encoded block");
+    assert_eq!(
+        frames.len(),
+        1,
+        "one HEADERS frame carries the re-encoded block"
+    );
     let f = &frames[0];
     assert_eq!(f.stream_id, 3);
     assert_eq!(f.flags, FLAG_PRIORITY | FLAG_END_STREAM | FLAG_END_HEADERS);
@@ -228,13 +258,22 @@ fn header_blocks_are_bounded() {
     let err = AuthorityFixup::default()
         .feed(&huge, &mut Vec::new())
         .unwrap_err();
-    assert_eq!(err, FixupError::HeaderBlockTooLarge, "refused from the frame header alone");
+    assert_eq!(
+        err,
+        FixupError::HeaderBlockTooLarge,
+        "refused from the frame header alone"
+    );
 }
 
 #[test]
 fn malformed_frames_close_the_connection() {
     let mut input = PREFACE.to_vec();
-    input.extend(frame(TYPE_HEADERS, FLAG_PADDED | FLAG_END_HEADERS, 1, &[200, 1, 2]));
+    input.extend(frame(
+        TYPE_HEADERS,
+        FLAG_PADDED | FLAG_END_HEADERS,
+        1,
+        &[200, 1, 2],
+    ));
     let err = AuthorityFixup::default()
         .feed(&input, &mut Vec::new())
         .unwrap_err();
@@ -249,7 +288,12 @@ fn malformed_frames_close_the_connection() {
     assert_eq!(err, FixupError::InterleavedFrame(0x0));
 
     let mut input = PREFACE.to_vec();
-    input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff]));
+    input.extend(frame(
+        TYPE_HEADERS,
+        FLAG_END_HEADERS,
+        1,
+        &[0xff, 0xff, 0xff, 0xff],
+    ));
     let err = AuthorityFixup::default()
         .feed(&input, &mut Vec::new())
         .unwrap_err();
