@@ -111,6 +111,18 @@ pub enum PublishError {
         /// The API error.
         source: kube::Error,
     },
+    /// Fetching, writing and recording the volume took longer than the publish deadline
+    /// (typically a provider that does not answer).
+    #[error(
+        "publish did not finish within {after:?} (provider, file write or API server too slow); nothing new was mounted"
+    )]
+    TimedOut {
+        /// The deadline.
+        after: std::time::Duration,
+    },
+    /// kubelet unpublished the volume while this publish was still running.
+    #[error("the volume was unpublished while this publish was running")]
+    Unpublished,
     /// A post-mount hook (secret sync) failed.
     #[error("{hook} failed: {source}")]
     AfterMount {
@@ -144,6 +156,8 @@ impl PublishError {
             Self::Mount(MountError::ForeignMount { .. }) => Code::FailedPrecondition,
             Self::Mount(_) => Code::Internal,
             Self::PodStatus { .. } => Code::Unavailable,
+            Self::TimedOut { .. } => Code::DeadlineExceeded,
+            Self::Unpublished => Code::Aborted,
             Self::AfterMount { source, .. } if source.retryable => Code::Unavailable,
             Self::AfterMount { .. } => Code::FailedPrecondition,
         }
@@ -178,6 +192,8 @@ impl PublishError {
             },
             Self::Mount(_) => "FailedToEnsureMountPoint",
             Self::PodStatus { .. } => "FailedToUpdatePodStatus",
+            Self::TimedOut { .. } => "PublishTimedOut",
+            Self::Unpublished => "VolumeUnpublished",
             Self::AfterMount { source, .. } => source.reason,
         }
     }

@@ -95,6 +95,10 @@ impl std::fmt::Debug for PublishRequest {
     }
 }
 
+/// How long a publish may take by default: under kubelet's 2-minute CSI deadline, so kubelet gets
+/// our error (naming the cause) rather than its own.
+pub const DEFAULT_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Who asked for a publish.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Trigger {
@@ -130,6 +134,8 @@ struct Inner {
     rotation: RotationSchedule,
     /// Each mounted volume's last request, republished by [`NodeService::refresh_mounted`].
     remembered: Remembered,
+    /// How long one publish may take to fetch, write and record a volume.
+    publish_timeout: std::time::Duration,
     /// The pod status last written per target path, so a republish neither reads it back nor
     /// rewrites it when nothing changed (rebuilt from the API after a restart).
     statuses: std::sync::Mutex<HashMap<PathBuf, Arc<SecretProviderClassPodStatus>>>,
@@ -166,6 +172,7 @@ impl NodeService {
                 hooks,
                 rotation: RotationSchedule::new(None),
                 remembered: Remembered::default(),
+                publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
                 statuses: std::sync::Mutex::default(),
             }),
         }
@@ -175,6 +182,13 @@ impl NodeService {
     /// `poll_interval`. Without it every republish fetches. Call before serving.
     pub fn with_rotation(mut self, poll_interval: std::time::Duration) -> Self {
         self.inner_mut().rotation = RotationSchedule::new(Some(poll_interval));
+        self
+    }
+
+    /// Bounds each publish's fetch, write and status (default [`DEFAULT_PUBLISH_TIMEOUT`]).
+    /// Call before serving.
+    pub fn with_publish_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.inner_mut().publish_timeout = timeout;
         self
     }
 
@@ -335,7 +349,7 @@ impl NodeService {
             return Err(PublishError::NotReadOnly);
         }
         let target = PathBuf::from(&req.target_path);
-        let _guard = self.inner.locks.lock(&target).await;
+        let guard = self.inner.locks.lock(&target).await;
 
         let was_mounted = self.inner.mounter.is_mount_point(&target)?;
         if trigger == Trigger::Refresh && !(was_mounted && self.inner.remembered.contains(&target))
@@ -356,9 +370,16 @@ impl NodeService {
         if !was_mounted {
             self.inner.mounter.mount(&target)?;
         }
-        let result = self
-            .fill_volume(req, &ctx, &class, provider.as_ref(), &target, was_mounted)
-            .await;
+        // Bounded, and abandoned as soon as kubelet unpublishes the volume: a provider that
+        // never answers must not hold the volume (and the pod's teardown) hostage.
+        let fill = self.fill_volume(req, &ctx, &class, provider.as_ref(), &target, was_mounted);
+        let deadline = self.inner.publish_timeout;
+        let result = tokio::select! {
+            result = tokio::time::timeout(deadline, fill) => {
+                result.unwrap_or(Err(PublishError::TimedOut { after: deadline }))
+            }
+            () = guard.preempted() => Err(PublishError::Unpublished),
+        };
         if was_mounted || result.is_ok() {
             self.inner.rotation.attempted(&target, started);
         }
@@ -590,7 +611,8 @@ impl NodeService {
             return Err(UnpublishError::InvalidTargetPath(target_path.to_string()));
         }
         let target = PathBuf::from(target_path);
-        let _guard = self.inner.locks.lock(&target).await;
+        // Takes the volume from an in-flight publish rather than waiting for it.
+        let _guard = self.inner.locks.preempt(&target).await;
         self.inner.rotation.forget(&target);
         self.inner.remembered.forget(&target);
         self.lock_statuses().remove(&target);

@@ -9,6 +9,8 @@ mod common;
 
 #[path = "node_publish/bad_inputs.rs"]
 mod bad_inputs;
+#[path = "node_publish/hung_provider.rs"]
+mod hung_provider;
 #[path = "node_publish/lifecycle.rs"]
 mod lifecycle;
 #[path = "node_publish/publish.rs"]

@@ -62,6 +62,10 @@ pub struct NodeArgs {
     /// after it plus kubelet's sync period. `false`: only on kubelet's republishes, as upstream.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub rotation_self_refresh: bool,
+    /// How long one publish may take to fetch, write and record a volume before it fails with
+    /// `DeadlineExceeded` (kubelet's own deadline is 2 minutes), e.g. `90s`.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    pub publish_timeout: Duration,
     /// Sync `secretObjects` as Kubernetes Secrets (needs the Secret RBAC of `syncSecret.enabled`).
     #[arg(long, env = "ENABLE_SECRET_SYNC")]
     pub enable_secret_sync: bool,
@@ -151,6 +155,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Metrics::new(registry),
         Vec::new(),
     );
+    service = service.with_publish_timeout(args.publish_timeout);
     if args.enable_secret_rotation {
         service = service.with_rotation(args.rotation_poll_interval);
     }

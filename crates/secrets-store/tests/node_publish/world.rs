@@ -75,6 +75,18 @@ pub fn start_driver(
     metrics: u16,
     healthz: u16,
 ) -> Driver {
+    start_driver_with(root, providers, cluster, metrics, healthz, &[])
+}
+
+/// [`start_driver`] with `extra` flags.
+pub fn start_driver_with(
+    root: &Path,
+    providers: &Path,
+    cluster: &Cluster,
+    metrics: u16,
+    healthz: u16,
+    extra: &[&str],
+) -> Driver {
     // The built-in AWS provider talks to moto (aws-config reads AWS_ENDPOINT_URL).
     let moto = cluster.moto().endpoint();
     let env = [("AWS_ENDPOINT_URL", moto.as_str())];
@@ -98,7 +110,11 @@ pub fn start_driver(
             "--enable-secret-rotation",
             "--rotation-poll-interval",
             "0s",
-        ],
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
         &env,
     )
 }
