@@ -120,6 +120,16 @@ pub enum PublishError {
         /// The deadline.
         after: std::time::Duration,
     },
+    /// The volume's files would take the node past its budget for mounted secret bytes.
+    #[error("volume of pod {namespace}/{pod} not written: {source}")]
+    NodeBudget {
+        /// The pod's namespace.
+        namespace: String,
+        /// The pod's name.
+        pod: String,
+        /// The sizes involved.
+        source: crate::budget::BudgetExceeded,
+    },
     /// kubelet unpublished the volume while this publish was still running.
     #[error("the volume was unpublished while this publish was running")]
     Unpublished,
@@ -157,6 +167,7 @@ impl PublishError {
             Self::Mount(_) => Code::Internal,
             Self::PodStatus { .. } => Code::Unavailable,
             Self::TimedOut { .. } => Code::DeadlineExceeded,
+            Self::NodeBudget { .. } => Code::ResourceExhausted,
             Self::Unpublished => Code::Aborted,
             Self::AfterMount { source, .. } if source.retryable => Code::Unavailable,
             Self::AfterMount { .. } => Code::FailedPrecondition,
@@ -193,6 +204,7 @@ impl PublishError {
             Self::Mount(_) => "FailedToEnsureMountPoint",
             Self::PodStatus { .. } => "FailedToUpdatePodStatus",
             Self::TimedOut { .. } => "PublishTimedOut",
+            Self::NodeBudget { .. } => "NodeSecretBudgetExceeded",
             Self::Unpublished => "VolumeUnpublished",
             Self::AfterMount { source, .. } => source.reason,
         }

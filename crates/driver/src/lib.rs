@@ -20,6 +20,7 @@ pub use mounter::Mounter;
 pub use volume_context::VolumeContext;
 pub use writer::AtomicWriter;
 
+pub mod budget;
 pub mod classes;
 pub mod controller;
 pub mod csi;

@@ -13,6 +13,7 @@ use secrets_store_provider::{
     ProviderFile, SecretBytes,
 };
 
+use crate::budget::NodeBudget;
 use crate::classes::ClassCache;
 use crate::error::{PublishError, UnpublishError};
 use crate::locks::VolumeLocks;
@@ -136,6 +137,8 @@ struct Inner {
     remembered: Remembered,
     /// How long one publish may take to fetch, write and record a volume.
     publish_timeout: std::time::Duration,
+    /// Bytes all mounted volumes may hold together.
+    budget: NodeBudget,
     /// The pod status last written per target path, so a republish neither reads it back nor
     /// rewrites it when nothing changed (rebuilt from the API after a restart).
     statuses: std::sync::Mutex<HashMap<PathBuf, Arc<SecretProviderClassPodStatus>>>,
@@ -173,6 +176,7 @@ impl NodeService {
                 rotation: RotationSchedule::new(None),
                 remembered: Remembered::default(),
                 publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
+                budget: NodeBudget::new(crate::budget::DEFAULT_NODE_BYTES),
                 statuses: std::sync::Mutex::default(),
             }),
         }
@@ -189,6 +193,13 @@ impl NodeService {
     /// Call before serving.
     pub fn with_publish_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.inner_mut().publish_timeout = timeout;
+        self
+    }
+
+    /// Caps the bytes all mounted volumes hold together (default
+    /// [`crate::budget::DEFAULT_NODE_BYTES`]). Call before serving.
+    pub fn with_node_budget(mut self, bytes: u64) -> Self {
+        self.inner_mut().budget = NodeBudget::new(bytes);
         self
     }
 
@@ -364,8 +375,10 @@ impl NodeService {
         }
         *republish = was_mounted;
         let class = self.class(&ctx).await?;
-        *provider_name = class.spec.provider.clone();
+        // A class's provider name is tenant input: it becomes a metric label only once it names
+        // a provider that exists, so classes cannot mint unbounded metric series.
         let provider = self.inner.providers.resolve(&class.spec.provider)?;
+        *provider_name = class.spec.provider.clone();
 
         if !was_mounted {
             self.inner.mounter.mount(&target)?;
@@ -510,6 +523,19 @@ impl NodeService {
             current != versions
         };
         if !response.files.is_empty() {
+            // tmpfs pages count against the agent's memory, not the pod's: reserve them first.
+            let bytes = response
+                .files
+                .iter()
+                .map(|f| f.contents.len() as u64 + f.path.len() as u64)
+                .sum();
+            let reservation = self.inner.budget.reserve(target, bytes).map_err(|source| {
+                PublishError::NodeBudget {
+                    namespace: ctx.pod_namespace.clone(),
+                    pod: ctx.pod_name.clone(),
+                    source,
+                }
+            })?;
             let writer = AtomicWriter::new(target);
             let files = response.files.clone();
             let outcome = tokio::task::spawn_blocking(move || writer.write(&files))
@@ -524,6 +550,7 @@ impl NodeService {
                     provider: class.spec.provider.clone(),
                     source,
                 })?;
+            reservation.commit();
             changed = outcome != WriteOutcome::Unchanged;
             if !changed {
                 tracing::debug!(target_path = %target.display(), "content unchanged; nothing written");
@@ -615,6 +642,7 @@ impl NodeService {
         let _guard = self.inner.locks.preempt(&target).await;
         self.inner.rotation.forget(&target);
         self.inner.remembered.forget(&target);
+        self.inner.budget.release(&target);
         self.lock_statuses().remove(&target);
         let mounter = self.inner.mounter.clone();
         tokio::task::spawn_blocking(move || mounter.unmount_and_remove(&target))

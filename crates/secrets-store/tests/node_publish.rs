@@ -15,5 +15,7 @@ mod hung_provider;
 mod lifecycle;
 #[path = "node_publish/publish.rs"]
 mod publish;
+#[path = "node_publish/tenant_limits.rs"]
+mod tenant_limits;
 #[path = "node_publish/world.rs"]
 mod world;

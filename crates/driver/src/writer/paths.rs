@@ -4,6 +4,9 @@
 pub const MAX_PATH_LEN: usize = 4096;
 /// Longest allowed path element, in bytes.
 pub const MAX_ELEMENT_LEN: usize = 255;
+/// Most directory levels a file path may have: each level is a tmpfs inode and a directory walk,
+/// and no provider needs more than a few.
+pub const MAX_PATH_DEPTH: usize = 16;
 
 /// Why a file path from a provider was rejected. The message names the path (paths are not
 /// secret) and the rule it broke.
@@ -24,6 +27,9 @@ pub enum PathError {
     /// An element is longer than [`MAX_ELEMENT_LEN`].
     #[error("file path {0:?} has an element longer than {MAX_ELEMENT_LEN} bytes")]
     ElementTooLong(String),
+    /// The path has more than [`MAX_PATH_DEPTH`] elements.
+    #[error("file path {0:?}... has more than {MAX_PATH_DEPTH} elements")]
+    TooDeep(String),
     /// The path has a `..` element.
     #[error("file path {0:?} contains a '..' element")]
     DotDot(String),
@@ -55,6 +61,10 @@ pub fn validate_path(path: &str) -> Result<(), PathError> {
     if path.starts_with('/') {
         return Err(PathError::Absolute(path.to_string()));
     }
+    if path.split('/').nth(MAX_PATH_DEPTH).is_some() {
+        let cut: String = path.chars().take(64).collect();
+        return Err(PathError::TooDeep(cut));
+    }
     for element in path.split('/') {
         if element.len() > MAX_ELEMENT_LEN {
             return Err(PathError::ElementTooLong(path.to_string()));
@@ -83,7 +93,11 @@ mod tests {
         let long_element = "a".repeat(256);
         let ok_element = "a".repeat(255);
         let long_path = ["a"; 2049].join("/");
+        let deepest = ["d"; MAX_PATH_DEPTH].join("/");
+        let too_deep = ["d"; MAX_PATH_DEPTH + 1].join("/");
         let cases: Vec<(&str, Check)> = vec![
+            (&deepest, Ok(())),
+            (&too_deep, Err(|e| matches!(e, PathError::TooDeep(_)))),
             ("a", Ok(())),
             ("a/b/c.txt", Ok(())),
             ("a..b", Ok(())),
@@ -119,14 +133,14 @@ mod tests {
     }
 
     #[test]
-    fn exactly_4096_bytes_is_allowed() {
+    fn the_longest_path_within_every_limit_is_allowed() {
         let path = format!("{}/{}", "a".repeat(255), "b".repeat(4096 - 256));
         assert_eq!(path.len(), 4096);
-        // The second element exceeds 255 bytes, so build one with many short elements instead.
+        // The second element exceeds 255 bytes.
         assert!(validate_path(&path).is_err());
-        let mut p = "a/".repeat(2047);
-        p.push_str("bb");
-        assert_eq!(p.len(), 4096);
+        // MAX_PATH_DEPTH elements of MAX_ELEMENT_LEN bytes: 4095 bytes, the longest valid path.
+        let p = vec!["a".repeat(MAX_ELEMENT_LEN); MAX_PATH_DEPTH].join("/");
+        assert_eq!(p.len(), 4095);
         assert_eq!(validate_path(&p), Ok(()));
     }
 }

@@ -35,9 +35,35 @@ pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("invalid number of seconds {s:?}: expected e.g. 5 or 0.5"))
 }
 
+/// A byte count as a Kubernetes quantity (`32Mi`, `512Ki`, `1Gi`) or plain bytes, as a clap
+/// value parser.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, unit) = [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30)]
+        .into_iter()
+        .find_map(|(suffix, unit)| s.strip_suffix(suffix).map(|d| (d, unit)))
+        .unwrap_or((s, 1));
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("invalid size {s:?}: expected e.g. 32Mi, 512Ki or 1048576"))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn bytes_take_binary_quantities() {
+        assert_eq!(super::parse_bytes("32Mi"), Ok(32 << 20));
+        assert_eq!(super::parse_bytes("512Ki"), Ok(512 << 10));
+        assert_eq!(super::parse_bytes("1Gi"), Ok(1 << 30));
+        assert_eq!(super::parse_bytes("4096"), Ok(4096));
+        for bad in ["", "Mi", "-1Mi", "1.5Mi", "32MB", "99999999999Gi"] {
+            assert!(super::parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn seconds_take_fractions_and_refuse_the_rest() {

@@ -16,7 +16,7 @@ use secrets_store_driver::{
 use secrets_store_provider::grpc::client::{ClientConfig, ExternalProvider};
 use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig};
 use secrets_store_sync::rollout::Rollout;
-use secrets_store_sync::{SecretSync, SecretSyncHook};
+use secrets_store_sync::{NodeVolumes, SecretSync, SecretSyncHook};
 
 /// Flags of `secrets-store node` (names follow the upstream driver where it has one).
 #[derive(clap::Args, Debug, Clone)]
@@ -27,7 +27,8 @@ pub struct NodeArgs {
     /// This node's name (NodeGetInfo, SecretProviderClassPodStatus label).
     #[arg(long, env = "KUBE_NODE_NAME")]
     pub node_id: String,
-    /// kubelet's root directory (the registration socket goes in `<dir>/plugins_registry`).
+    /// kubelet's root directory (the registration socket goes in `<dir>/plugins_registry`; synced
+    /// Secrets are read back only from volumes under `<dir>/pods`).
     #[arg(long, env = "KUBELET_DIR", default_value = "/var/lib/kubelet")]
     pub kubelet_dir: PathBuf,
     /// Do not serve kubelet's plugin registration API (when node-driver-registrar is deployed).
@@ -48,6 +49,12 @@ pub struct NodeArgs {
     /// tmpfs size limit of each volume (Kubernetes quantity such as `16Mi`).
     #[arg(long, default_value = DEFAULT_TMPFS_SIZE)]
     pub tmpfs_size: String,
+    /// Bytes all mounted volumes on the node may hold together (a quantity such as `32Mi`).
+    /// tmpfs pages are charged to the agent's memory cgroup, so the agent's memory limit must
+    /// cover this plus its own working set; a volume that would exceed it fails to mount with
+    /// `NodeSecretBudgetExceeded` instead of the agent being OOM-killed.
+    #[arg(long, default_value = "32Mi", value_parser = super::parse_bytes)]
+    pub node_secret_budget: u64,
     /// Largest gRPC message accepted from kubelet and from providers, bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_call_recv_msg_size: usize,
@@ -155,13 +162,16 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Metrics::new(registry),
         Vec::new(),
     );
-    service = service.with_publish_timeout(args.publish_timeout);
+    service = service
+        .with_publish_timeout(args.publish_timeout)
+        .with_node_budget(args.node_secret_budget);
     if args.enable_secret_rotation {
         service = service.with_rotation(args.rotation_poll_interval);
     }
     if args.enable_secret_sync {
+        let node = NodeVolumes::new(&args.node_id, &args.kubelet_dir);
         let (mut sync, watches) =
-            SecretSync::new(client.clone(), &args.node_id, Arc::new(service.classes()));
+            SecretSync::new(client.clone(), node, Arc::new(service.classes()));
         tokio::spawn(watches);
         // Rollout is opt-in per workload; without its key Secret, sync still works.
         match Rollout::new(client.clone(), &args.namespace, reporter(&args.node_id)).await {

@@ -151,6 +151,14 @@ impl CsiDriverProvider for Svc {
                 files: vec![file("ok", b"fine".to_vec()), file("a//b", b"x".to_vec())],
                 ..Default::default()
             },
+            // One 384 KiB secret under 8 aliases: 3 MiB per volume, within one gRPC message.
+            "aliases" => pb::MountResponse {
+                object_version: vec![version("big", "1")],
+                files: (0..8)
+                    .map(|i| file(&format!("alias-{i}"), vec![b'x'; 384 * 1024]))
+                    .collect(),
+                ..Default::default()
+            },
             "huge" => pb::MountResponse {
                 object_version: vec![version("big", "1")],
                 files: vec![file("big", vec![b'x'; 5 * 1024 * 1024])],
