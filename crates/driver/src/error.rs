@@ -139,7 +139,7 @@ pub enum PublishError {
         /// The hook's name.
         hook: String,
         /// Its error, safe to show.
-        source: crate::node::AfterMountError,
+        source: crate::hooks::AfterMountError,
     },
 }
 

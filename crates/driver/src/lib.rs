@@ -24,6 +24,7 @@ pub mod budget;
 pub mod classes;
 pub mod controller;
 pub mod csi;
+pub mod hooks;
 pub mod node;
 pub mod providers;
 pub mod refresh;
@@ -32,5 +33,6 @@ pub mod rotation;
 pub mod server;
 pub mod status;
 
-pub use node::{AfterMount, AfterMountError, MountedVolume, NodeConfig, NodeService};
+pub use hooks::{AfterMount, AfterMountError, MountedVolume};
+pub use node::{NodeConfig, NodeService};
 pub use providers::{DEFAULT_PROVIDER_VOLUME, ExternalConnector, ProviderRegistry};

@@ -1,70 +1,31 @@
-//! The publish/unpublish logic, independent of the gRPC types (see [`crate::csi`] for those).
+//! The publish/unpublish logic, independent of the gRPC types (see [`crate::csi`] for those):
+//! the service and its settings here, filling a volume in [`fill`], taking it down in
+//! [`unpublish`].
 
-use std::collections::{BTreeMap, HashMap};
+mod fill;
+mod unpublish;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use async_trait::async_trait;
 use kube::runtime::events::EventType;
 use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
-use secrets_store_provider::{
-    DEFAULT_FILE_PERMISSION, MountRequest, ObjectVersion, ProviderError, ProviderErrorKind,
-    ProviderFile, SecretBytes,
-};
 
 use crate::budget::NodeBudget;
 use crate::classes::ClassCache;
-use crate::error::{PublishError, UnpublishError};
+use crate::error::PublishError;
+// Also at the crate root, where users should take them from.
+pub use crate::hooks::{AfterMount, AfterMountError, MountedVolume};
 use crate::locks::VolumeLocks;
 use crate::metrics::Metrics;
 use crate::mounter::Mounter;
 use crate::providers::ProviderRegistry;
 use crate::refresh::Remembered;
 use crate::rotation::{ROTATION_COMPLETE_REASON, ROTATION_FAILED_REASON, RotationSchedule};
-use crate::status::{PodEffects, pod_reference, pod_status};
-use crate::volume_context::{TOKENS_KEY, VolumeContext};
-use crate::writer::{AtomicWriter, WriteOutcome};
-
-/// What a successful provider call produced, handed to [`AfterMount`] hooks.
-#[derive(Debug)]
-pub struct MountedVolume<'a> {
-    /// The parsed volume context (pod identity, class name).
-    pub context: &'a VolumeContext,
-    /// The SecretProviderClass used.
-    pub class: &'a SecretProviderClass,
-    /// The volume's target path (files are readable there).
-    pub target_path: &'a Path,
-    /// The files the provider returned (empty when the provider wrote them itself).
-    pub files: &'a [ProviderFile],
-    /// The mounted objects' versions, sorted.
-    pub object_versions: &'a [ObjectVersion],
-    /// The pod's SecretProviderClassPodStatus as stored (with its uid, for owner references).
-    pub pod_status: &'a SecretProviderClassPodStatus,
-}
-
-/// A step run after files are written and before publish returns (secret sync plugs in here).
-/// An error fails the publish with [`PublishError::AfterMount`].
-#[async_trait]
-pub trait AfterMount: Send + Sync + 'static {
-    /// The hook's name, used in errors and logs.
-    fn name(&self) -> &str;
-    /// Runs the step. The error message must not contain secret values.
-    async fn after_mount(&self, volume: &MountedVolume<'_>) -> Result<(), AfterMountError>;
-}
-
-/// Why a post-mount step failed: what kubelet and the Event show.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct AfterMountError {
-    /// The Event reason and metric label (e.g. `SecretNotManaged`).
-    pub reason: &'static str,
-    /// Whether a retry can succeed without anyone changing anything (API server unreachable),
-    /// as opposed to a configuration problem (an invalid `secretObjects` entry).
-    pub retryable: bool,
-    /// The cause, naming the objects involved; never secret values.
-    pub message: String,
-}
+use crate::status::{PodEffects, pod_reference};
+use crate::volume_context::VolumeContext;
 
 /// The parts of a `NodePublishVolumeRequest` the service uses.
 #[derive(Clone, Default)]
@@ -459,203 +420,6 @@ impl NodeService {
         }
         Ok(class)
     }
-
-    async fn fill_volume(
-        &self,
-        req: &PublishRequest,
-        ctx: &VolumeContext,
-        class: &SecretProviderClass,
-        provider: &dyn secrets_store_provider::Provider,
-        target: &Path,
-        republish: bool,
-    ) -> Result<bool, PublishError> {
-        let provider_err = |source: ProviderError| PublishError::Provider {
-            provider: class.spec.provider.clone(),
-            namespace: ctx.pod_namespace.clone(),
-            pod: ctx.pod_name.clone(),
-            source,
-        };
-        let secrets: BTreeMap<String, SecretBytes> = req
-            .secrets
-            .iter()
-            .filter(|(k, _)| k.as_str() != TOKENS_KEY)
-            .map(|(k, v)| (k.clone(), SecretBytes::from(v.clone())))
-            .collect();
-        // On a republish, tell the provider what is mounted (upstream passes the same).
-        let current_object_versions = if republish {
-            let name = SecretProviderClassPodStatus::object_name(
-                &ctx.pod_name,
-                &ctx.pod_namespace,
-                &ctx.secret_provider_class,
-            );
-            match self.cached_status(target) {
-                Some(status) => status_versions(&status),
-                None => {
-                    self.inner
-                        .effects
-                        .current_versions(&ctx.pod_namespace, &name)
-                        .await
-                }
-            }
-        } else {
-            Vec::new()
-        };
-        let request = MountRequest {
-            attributes: ctx.attributes(&class.spec.parameters),
-            secrets,
-            target_path: target.to_path_buf(),
-            permission: DEFAULT_FILE_PERMISSION,
-            current_object_versions: current_object_versions.clone(),
-        };
-        let response = provider.mount(request).await.map_err(provider_err)?;
-        if response.object_versions.is_empty() {
-            return Err(provider_err(ProviderError::new(
-                ProviderErrorKind::InvalidResponse,
-                "provider returned no object versions",
-            )));
-        }
-        let mut versions = response.object_versions.clone();
-        versions.sort();
-        // Providers that write files themselves report changes only through their versions.
-        let mut changed = {
-            let mut current = current_object_versions;
-            current.sort();
-            current != versions
-        };
-        if !response.files.is_empty() {
-            // tmpfs pages count against the agent's memory, not the pod's: reserve them first.
-            let bytes = response
-                .files
-                .iter()
-                .map(|f| f.contents.len() as u64 + f.path.len() as u64)
-                .sum();
-            let reservation = self.inner.budget.reserve(target, bytes).map_err(|source| {
-                PublishError::NodeBudget {
-                    namespace: ctx.pod_namespace.clone(),
-                    pod: ctx.pod_name.clone(),
-                    source,
-                }
-            })?;
-            let writer = AtomicWriter::new(target);
-            let files = response.files.clone();
-            let outcome = tokio::task::spawn_blocking(move || writer.write(&files))
-                .await
-                .map_err(|e| {
-                    provider_err(ProviderError::new(
-                        ProviderErrorKind::Internal,
-                        format!("writer task failed: {e}"),
-                    ))
-                })?
-                .map_err(|source| PublishError::Write {
-                    provider: class.spec.provider.clone(),
-                    source,
-                })?;
-            reservation.commit();
-            changed = outcome != WriteOutcome::Unchanged;
-            if !changed {
-                tracing::debug!(target_path = %target.display(), "content unchanged; nothing written");
-            }
-        }
-
-        let status = pod_status(
-            ctx,
-            &self.inner.config.node_id,
-            &target.to_string_lossy(),
-            &versions,
-        );
-        let stored = match self.cached_status(target) {
-            // Same content as last written: no API call.
-            Some(cached) if cached.status == status.status => cached,
-            _ => {
-                let applied = self
-                    .inner
-                    .effects
-                    .apply_status(&status)
-                    .await
-                    .map_err(|source| PublishError::PodStatus {
-                        namespace: ctx.pod_namespace.clone(),
-                        name: status.metadata.name.clone().unwrap_or_default(),
-                        source,
-                    })?;
-                let applied = Arc::new(applied);
-                self.lock_statuses()
-                    .insert(target.to_path_buf(), applied.clone());
-                applied
-            }
-        };
-
-        let mounted = MountedVolume {
-            context: ctx,
-            class,
-            target_path: target,
-            files: &response.files,
-            object_versions: &versions,
-            pod_status: &stored,
-        };
-        for hook in &self.inner.hooks {
-            hook.after_mount(&mounted)
-                .await
-                .map_err(|source| PublishError::AfterMount {
-                    hook: hook.name().to_string(),
-                    source,
-                })?;
-        }
-        Ok(changed)
-    }
-
-    /// Handles `NodeUnpublishVolume`: unmount and remove, idempotent, state from the filesystem.
-    pub async fn unpublish(
-        &self,
-        volume_id: &str,
-        target_path: &str,
-    ) -> Result<(), UnpublishError> {
-        let result = self.unpublish_inner(volume_id, target_path).await;
-        match &result {
-            Ok(()) => {
-                self.inner.metrics.unpublish_ok();
-                tracing::info!(%target_path, "volume unpublished");
-            }
-            Err(e) => {
-                self.inner.metrics.unpublish_failed(e.metric_label());
-                tracing::warn!(%target_path, error = %e, "unpublish failed");
-            }
-        }
-        result
-    }
-
-    async fn unpublish_inner(
-        &self,
-        volume_id: &str,
-        target_path: &str,
-    ) -> Result<(), UnpublishError> {
-        if volume_id.is_empty() {
-            return Err(UnpublishError::MissingVolumeId);
-        }
-        if target_path.is_empty() {
-            return Err(UnpublishError::MissingTargetPath);
-        }
-        if !is_clean_absolute(target_path) {
-            return Err(UnpublishError::InvalidTargetPath(target_path.to_string()));
-        }
-        let target = PathBuf::from(target_path);
-        // Takes the volume from an in-flight publish rather than waiting for it.
-        let _guard = self.inner.locks.preempt(&target).await;
-        self.inner.rotation.forget(&target);
-        self.inner.remembered.forget(&target);
-        self.inner.budget.release(&target);
-        self.lock_statuses().remove(&target);
-        let mounter = self.inner.mounter.clone();
-        tokio::task::spawn_blocking(move || mounter.unmount_and_remove(&target))
-            .await
-            .map_err(|e| {
-                UnpublishError::Unmount(crate::mounter::MountError::Io {
-                    op: "unmount task",
-                    path: PathBuf::from(target_path),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })??;
-        Ok(())
-    }
 }
 
 /// Whether `path` is absolute and has no `..` element (kubelet never sends either; a request
@@ -663,19 +427,6 @@ impl NodeService {
 fn is_clean_absolute(path: &str) -> bool {
     let p = Path::new(path);
     p.is_absolute() && !p.components().any(|c| c == std::path::Component::ParentDir)
-}
-
-/// The object versions a stored pod status records.
-fn status_versions(status: &SecretProviderClassPodStatus) -> Vec<ObjectVersion> {
-    status
-        .status
-        .iter()
-        .flat_map(|s| &s.objects)
-        .map(|o| ObjectVersion {
-            id: o.id.clone(),
-            version: o.version.clone(),
-        })
-        .collect()
 }
 
 #[cfg(test)]
