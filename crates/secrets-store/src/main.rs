@@ -29,10 +29,33 @@ enum Command {
     Crds(cmd::crds::CrdsArgs),
 }
 
+/// Third-party crates whose debug and trace events carry whole requests: the AWS SDK logs each
+/// request it transmits with its headers (the session token, the signature) and body (the web
+/// identity token of `AssumeRoleWithWebIdentity`), the HTTP and TLS stacks their frames. They stay
+/// at `info` whatever `RUST_LOG` asks, so the chart's highest verbosity cannot leak credentials.
+const CAPPED_AT_INFO: &[&str] = &[
+    "aws_config",
+    "aws_runtime",
+    "aws_sigv4",
+    "aws_smithy_http_client",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "h2",
+    "hyper",
+    "hyper_util",
+    "rustls",
+    "tonic",
+    "tower",
+];
+
 fn init_logging(json: bool) {
-    // RUST_LOG overrides; secrets never reach any level (they are wrapped in redacting types).
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    // RUST_LOG overrides for our own code; secrets never reach any level (they are wrapped in
+    // redacting types), and the crates that would print credentials are capped.
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for target in CAPPED_AT_INFO {
+        filter = filter.add_directive(format!("{target}=info").parse().expect("valid directive"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

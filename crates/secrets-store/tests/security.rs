@@ -201,10 +201,20 @@ async fn secret_values_and_tokens_never_leak() {
             String::from_utf8_lossy(&bytes).into_owned(),
         ));
     }
+    let log = world.agent.log_text();
     assert!(
-        world.agent.log_text().contains("TRACE") || world.agent.log_text().contains("trace"),
+        log.contains("TRACE") || log.contains("trace"),
         "the agent did not log at trace level"
     );
+    // The AWS SDK's and HTTP stack's own trace events print whole requests (session token and
+    // signature headers, the web identity token in STS bodies): they must not appear at all.
+    for dump in [
+        "transmitting request",
+        "calculated signing parameters",
+        "X-Amz-Security-Token",
+    ] {
+        assert!(!log.contains(dump), "the agent log holds {dump:?}");
+    }
     // The scanner itself finds a planted value and token (so an empty result means something).
     let planted = format!("x{}y", leak_forms(&second)[1]);
     assert_eq!(
