@@ -175,11 +175,18 @@ impl AtomicWriter {
         Ok(WriteOutcome::Written { dir: new_dir })
     }
 
-    /// The payload directory `..data` points at, if any.
+    /// The payload directory `..data` points at, if any. Only a payload name of ours counts: one
+    /// `..`-prefixed entry of the volume itself. A `..data` planted by someone else (a provider
+    /// that writes into the volume itself can create one) pointing elsewhere, `/etc` say, is
+    /// ignored, so the writer never reads, compares or removes anything outside the volume; the
+    /// next swap replaces the link.
     pub fn current_dir(&self) -> Result<Option<String>, WriteError> {
         let data = self.target.join(DATA_DIR_NAME);
         match fs::read_link(&data) {
-            Ok(p) => Ok(Some(p.to_string_lossy().into_owned())),
+            Ok(p) => Ok(p
+                .to_str()
+                .filter(|name| is_payload_name(name))
+                .map(str::to_string)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("readlink", &data)(e)),
         }
@@ -336,3 +343,13 @@ fn remove_any(path: &Path) -> Result<(), WriteError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `name` can be one of our payload directories: a single `..`-prefixed path element
+/// that is none of the writer's own links.
+fn is_payload_name(name: &str) -> bool {
+    name.starts_with("..")
+        && name.len() > 2
+        && !name.contains('/')
+        && name != DATA_DIR_NAME
+        && name != DATA_DIR_TMP_NAME
+}

@@ -94,6 +94,33 @@ fn stale_names_and_old_dirs_are_removed() {
 }
 
 #[test]
+fn a_planted_data_link_never_leads_the_writer_outside_the_volume() {
+    let outside = tempfile::tempdir().unwrap();
+    fs::write(outside.path().join("canary"), "keep").unwrap();
+    for planted in [
+        outside.path().to_string_lossy().into_owned(),
+        "../outside".to_string(),
+        "..data/../../x".to_string(),
+        "..".to_string(),
+        "..data".to_string(),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(&planted, dir.path().join(DATA_DIR_NAME)).unwrap();
+        let w = AtomicWriter::new(dir.path());
+        assert_eq!(w.current_dir().unwrap(), None, "{planted}");
+        w.write(&[file("a", 0o644, "one")]).unwrap();
+        let now = w.current_dir().unwrap().expect("a payload of ours");
+        assert!(is_payload_name(&now), "{now}");
+        assert_eq!(fs::read_to_string(dir.path().join("a")).unwrap(), "one");
+        assert_eq!(
+            fs::read_to_string(outside.path().join("canary")).unwrap(),
+            "keep",
+            "{planted}"
+        );
+    }
+}
+
+#[test]
 fn invalid_paths_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let w = AtomicWriter::new(dir.path());
