@@ -10,6 +10,11 @@ use nix::mount::{MntFlags, MsFlags};
 /// Default tmpfs size: secrets are ≤64 KiB each, so this fits well over a hundred objects.
 pub const DEFAULT_TMPFS_SIZE: &str = "16Mi";
 
+/// The mount source ("device") of every tmpfs this agent mounts: in the mount table it tells
+/// our volumes from any other tmpfs (kubelet's own `kubernetes.io~projected` token volumes,
+/// `emptyDir: {medium: Memory}`, another driver's). tmpfs ignores the source otherwise.
+pub const MOUNT_SOURCE: &str = "secrets-store-rs";
+
 /// Why a mount operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -80,22 +85,19 @@ impl Mounter {
     ///
     /// A mount point that is not a tmpfs is an error: this driver only ever mounts tmpfs, so
     /// anything else at a target path was not made by us and must be neither written into nor
-    /// unmounted (a misdirected call must not detach a host filesystem).
+    /// unmounted (a misdirected call must not detach a host filesystem). Any tmpfs counts, not
+    /// only [`MOUNT_SOURCE`]'s: volumes mounted by an earlier version (source `tmpfs`) must still
+    /// be unmounted when their pods go.
     pub fn is_mount_point(&self, path: &Path) -> Result<bool, MountError> {
-        let info = fs::read_to_string("/proc/self/mountinfo")
-            .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
+        let table = MountTable::read().map_err(io_err("read", Path::new(MountTable::PROC_PATH)))?;
         let canonical = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        // The last matching line is the top of a stack of mounts on the same point.
-        let fs_type = mount_points(&info)
-            .filter(|(mp, _)| Path::new(mp) == canonical || Path::new(mp) == path)
-            .map(|(_, fs)| fs)
-            .last();
-        match fs_type {
+        let top = table.top(&canonical).or_else(|| table.top(path));
+        match top {
             None => Ok(false),
-            Some(fs) if fs == "tmpfs" => Ok(true),
-            Some(fs) => Err(MountError::ForeignMount {
+            Some(m) if m.fs_type == "tmpfs" => Ok(true),
+            Some(m) => Err(MountError::ForeignMount {
                 path: path.to_path_buf(),
-                fs_type: fs,
+                fs_type: m.fs_type.clone(),
             }),
         }
     }
@@ -115,7 +117,7 @@ impl Mounter {
         }
         let data = format!("mode=0755,size={}", self.size);
         nix::mount::mount(
-            Some("tmpfs"),
+            Some(MOUNT_SOURCE),
             target,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
@@ -163,15 +165,105 @@ fn tmpfs_size(size: &str) -> String {
     size.to_string()
 }
 
-/// (mount point, filesystem type) of each mountinfo line, with octal escapes decoded. The mount
-/// point is the 5th field; the type is the first field after the ` - ` separator.
-fn mount_points(info: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    info.lines().filter_map(|line| {
-        let mount_point = line.split(' ').nth(4)?;
-        let (_, after) = line.split_once(" - ")?;
-        let fs_type = after.split(' ').next()?;
-        Some((unescape_octal(mount_point), fs_type.to_string()))
-    })
+/// Where kubelet has a CSI driver mount a pod's inline volume:
+/// `<kubelet dir>/pods/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeletTarget {
+    /// The pod's UID.
+    pub pod_uid: String,
+    /// The volume's name in the pod spec.
+    pub volume: String,
+}
+
+impl KubeletTarget {
+    /// The target named by `path` if it is exactly that layout under `kubelet_dir`, byte for
+    /// byte: no `.` or `..`, no doubled or trailing `/`, nothing below `mount`.
+    pub fn parse(kubelet_dir: &Path, path: &str) -> Option<Self> {
+        let pods = kubelet_dir.join("pods");
+        let rest = path.strip_prefix(pods.to_str()?)?.strip_prefix('/')?;
+        let name = |s: &str| !s.is_empty() && s != "." && s != "..";
+        match rest.split('/').collect::<Vec<_>>()[..] {
+            [pod_uid, "volumes", "kubernetes.io~csi", volume, "mount"]
+                if name(pod_uid) && name(volume) =>
+            {
+                Some(Self {
+                    pod_uid: pod_uid.to_string(),
+                    volume: volume.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The target's path under `kubelet_dir`.
+    pub fn path(&self, kubelet_dir: &Path) -> PathBuf {
+        kubelet_dir
+            .join("pods")
+            .join(&self.pod_uid)
+            .join("volumes/kubernetes.io~csi")
+            .join(&self.volume)
+            .join("mount")
+    }
+}
+
+/// The mounts of this process's mount namespace, as `/proc/self/mountinfo` lists them.
+#[derive(Clone, Debug, Default)]
+pub struct MountTable {
+    mounts: Vec<Mount>,
+}
+
+/// One line of the mount table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mount {
+    mount_point: String,
+    fs_type: String,
+    source: String,
+}
+
+impl MountTable {
+    /// Where the kernel lists this process's mounts.
+    pub const PROC_PATH: &'static str = "/proc/self/mountinfo";
+
+    /// The current mount table.
+    pub fn read() -> io::Result<Self> {
+        Ok(Self::parse(&fs::read_to_string(Self::PROC_PATH)?))
+    }
+
+    /// Parses mountinfo text. The mount point is the 5th field; the filesystem type and the
+    /// source are the first two fields after the ` - ` separator; octal escapes are decoded.
+    pub fn parse(info: &str) -> Self {
+        let mounts = info
+            .lines()
+            .filter_map(|line| {
+                let mount_point = line.split(' ').nth(4)?;
+                let (_, after) = line.split_once(" - ")?;
+                let mut after = after.split(' ');
+                let fs_type = after.next()?;
+                let source = after.next()?;
+                Some(Mount {
+                    mount_point: unescape_octal(mount_point),
+                    fs_type: fs_type.to_string(),
+                    source: unescape_octal(source),
+                })
+            })
+            .collect();
+        Self { mounts }
+    }
+
+    /// The mount on top of the stack at exactly `path` (the last line naming it; a mount below
+    /// or above the path does not count). No symlink is resolved.
+    fn top(&self, path: &Path) -> Option<&Mount> {
+        self.mounts
+            .iter()
+            .rfind(|m| Path::new(&m.mount_point) == path)
+    }
+
+    /// Whether the mount at exactly `path` is a tmpfs this agent mounted: type `tmpfs`, source
+    /// [`MOUNT_SOURCE`], on top of anything else mounted there.
+    pub fn is_ours(&self, path: &Path) -> bool {
+        self.top(path)
+            .is_some_and(|m| m.fs_type == "tmpfs" && m.source == MOUNT_SOURCE)
+    }
 }
 
 fn unescape_octal(s: &str) -> String {
@@ -212,17 +304,83 @@ mod tests {
     fn mountinfo_fields_are_decoded() {
         let info = "36 35 98:0 /mnt1 /mnt\\040with\\040space rw,noatime master:1 - ext3 /dev/root rw\n\
                     37 35 0:5 / /var/lib/kubelet/pods/x/mount rw - tmpfs tmpfs rw\n";
-        let mps: Vec<_> = mount_points(info).collect();
+        let table = MountTable::parse(info);
         assert_eq!(
-            mps,
+            table.mounts,
             [
-                ("/mnt with space".to_string(), "ext3".to_string()),
-                (
-                    "/var/lib/kubelet/pods/x/mount".to_string(),
-                    "tmpfs".to_string()
-                )
+                Mount {
+                    mount_point: "/mnt with space".into(),
+                    fs_type: "ext3".into(),
+                    source: "/dev/root".into(),
+                },
+                Mount {
+                    mount_point: "/var/lib/kubelet/pods/x/mount".into(),
+                    fs_type: "tmpfs".into(),
+                    source: "tmpfs".into(),
+                },
             ]
         );
+    }
+
+    #[test]
+    fn only_our_tmpfs_on_top_of_the_exact_path_is_ours() {
+        let ours = "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount";
+        let table = |lines: &[(&str, &str, &str)]| {
+            let info: String = lines
+                .iter()
+                .enumerate()
+                .map(|(i, (mp, fs, src))| format!("{i} 1 0:{i} / {mp} rw - {fs} {src} rw\n"))
+                .collect();
+            MountTable::parse(&info)
+        };
+        let path = Path::new(ours);
+        assert!(table(&[(ours, "tmpfs", MOUNT_SOURCE)]).is_ours(path));
+        // Any other tmpfs (an older version's, kubelet's token volumes) is not ours.
+        assert!(!table(&[(ours, "tmpfs", "tmpfs")]).is_ours(path));
+        assert!(!table(&[(ours, "ext4", MOUNT_SOURCE)]).is_ours(path));
+        // Something mounted over ours hides it.
+        assert!(!table(&[(ours, "tmpfs", MOUNT_SOURCE), (ours, "tmpfs", "tmpfs")]).is_ours(path));
+        // Above, below, or a prefix of the path does not count.
+        let parent = "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v";
+        assert!(!table(&[(parent, "tmpfs", MOUNT_SOURCE)]).is_ours(path));
+        assert!(!table(&[(ours, "tmpfs", MOUNT_SOURCE)]).is_ours(Path::new(parent)));
+        assert!(!table(&[(&format!("{ours}2"), "tmpfs", MOUNT_SOURCE)]).is_ours(path));
+        assert!(!MountTable::default().is_ours(path));
+    }
+
+    #[test]
+    fn kubelet_targets_parse_only_in_their_exact_layout() {
+        let dir = Path::new("/var/lib/kubelet");
+        let good = "/var/lib/kubelet/pods/u-1/volumes/kubernetes.io~csi/v/mount";
+        let target = KubeletTarget::parse(dir, good).unwrap();
+        assert_eq!(
+            (target.pod_uid.as_str(), target.volume.as_str()),
+            ("u-1", "v")
+        );
+        assert_eq!(target.path(dir), Path::new(good));
+        // A trailing slash on the configured dir changes nothing.
+        assert_eq!(
+            KubeletTarget::parse(Path::new("/var/lib/kubelet/"), good),
+            Some(target)
+        );
+        for bad in [
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            "/var/lib/kubelet/pods/u-1/volumes/kubernetes.io~projected/v/mount",
+            "/var/lib/kubelet/pods/u-1/volumes/kubernetes.io~csi/v/mount/",
+            "/var/lib/kubelet/pods/u-1/volumes/kubernetes.io~csi/v/mount/x",
+            "/var/lib/kubelet/pods/u-1/volumes/kubernetes.io~csi/v",
+            "/var/lib/kubelet/pods/u-1/volumes//kubernetes.io~csi/v/mount",
+            "/var/lib/kubelet/pods/../volumes/kubernetes.io~csi/v/mount",
+            "/var/lib/kubelet/pods/u-1/volumes/kubernetes.io~csi/../mount",
+            "/var/lib/kubelet/pods/./volumes/kubernetes.io~csi/v/mount",
+            "/var/lib/kubelet/pods//volumes/kubernetes.io~csi/v/mount",
+            "/var/lib/kubelet/podsX/u-1/volumes/kubernetes.io~csi/v/mount",
+            "/var/lib/kubelet2/pods/u-1/volumes/kubernetes.io~csi/v/mount",
+            "var/lib/kubelet/pods/u-1/volumes/kubernetes.io~csi/v/mount",
+            "",
+        ] {
+            assert_eq!(KubeletTarget::parse(dir, bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -232,6 +390,8 @@ mod tests {
         let m = Mounter::new("1Mi");
         m.mount(&target).unwrap();
         assert!(m.is_mount_point(&target).unwrap());
+        let canonical = fs::canonicalize(&target).unwrap();
+        assert!(MountTable::read().unwrap().is_ours(&canonical));
         let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o755);
         // The size limit is enforced by the kernel.

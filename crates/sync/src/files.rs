@@ -2,19 +2,21 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use secrets_store_api::crd::SecretObject;
 use secrets_store_driver::writer::validate_path;
 use secrets_store_provider::SecretBytes;
+
+use crate::target::VerifiedTarget;
 
 /// The files of a mounted volume, by path relative to the volume root.
 #[derive(Clone, Copy, Debug)]
 pub enum VolumeFiles<'a> {
     /// The provider's response, just written (the publish path).
     InMemory(&'a BTreeMap<String, SecretBytes>),
-    /// Read back from the mounted volume (reconciling, or a provider that wrote files itself).
-    OnDisk(&'a Path),
+    /// Read back from the mounted volume (reconciling, or a provider that wrote files itself):
+    /// only from a directory [`crate::target::NodeVolumes::verify`] accepted.
+    OnDisk(&'a VerifiedTarget),
 }
 
 impl VolumeFiles<'_> {
@@ -26,7 +28,7 @@ impl VolumeFiles<'_> {
     ) -> std::io::Result<Cow<'_, BTreeMap<String, SecretBytes>>> {
         let target = match self {
             Self::InMemory(files) => return Ok(Cow::Borrowed(*files)),
-            Self::OnDisk(target) => *target,
+            Self::OnDisk(target) => target.path(),
         };
         let mut files = BTreeMap::new();
         for name in object.data.iter().map(|d| &d.object_name) {

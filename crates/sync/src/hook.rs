@@ -8,11 +8,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use secrets_store_api::crd::SecretProviderClass;
 use secrets_store_driver::classes::ClassCache;
-use secrets_store_driver::node::{AfterMount, AfterMountError, MountedVolume};
+use secrets_store_driver::{AfterMount, AfterMountError, MountedVolume};
 use secrets_store_provider::SecretBytes;
 
 use crate::files::VolumeFiles;
-use crate::syncer::{ClassLookup, SecretSync, SyncRequest};
+use crate::syncer::{ClassLookup, SecretSync, SyncError, SyncRequest};
 
 /// The [`AfterMount`] hook that syncs Kubernetes Secrets.
 pub struct SecretSyncHook {
@@ -60,11 +60,20 @@ impl AfterMount for SecretSyncHook {
             .iter()
             .map(|f| (f.path.clone(), f.contents.clone()))
             .collect();
-        // A provider that wrote the files itself returns none; read them back from the volume.
-        let files = if volume.files.is_empty() {
-            VolumeFiles::OnDisk(volume.target_path)
+        // A provider that wrote the files itself returns none; read them back from the volume,
+        // through the same check as the drift reconciler.
+        let on_disk = if volume.files.is_empty() {
+            Some(
+                self.sync
+                    .verify_target(volume.pod_status, &pod)
+                    .map_err(after_mount_error)?,
+            )
         } else {
-            VolumeFiles::InMemory(&in_memory)
+            None
+        };
+        let files = match &on_disk {
+            Some(target) => VolumeFiles::OnDisk(target),
+            None => VolumeFiles::InMemory(&in_memory),
         };
         let request = SyncRequest {
             pod: &pod,
@@ -75,11 +84,16 @@ impl AfterMount for SecretSyncHook {
         self.sync
             .sync_volume(&request)
             .await
-            .map_err(|e| AfterMountError {
-                reason: e.reason(),
-                retryable: e.retryable(),
-                message: e.to_string(),
-            })?;
+            .map_err(after_mount_error)?;
         Ok(())
+    }
+}
+
+/// What kubelet and the pod's Event show for a sync failure.
+fn after_mount_error(e: SyncError) -> AfterMountError {
+    AfterMountError {
+        reason: e.reason(),
+        retryable: e.retryable(),
+        message: e.to_string(),
     }
 }

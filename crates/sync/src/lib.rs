@@ -8,8 +8,10 @@ mod hook;
 pub mod lifetime;
 pub mod rollout;
 mod syncer;
+mod target;
 pub mod tls;
 
 pub use files::VolumeFiles;
 pub use hook::SecretSyncHook;
 pub use syncer::{ClassLookup, SecretSync, SyncError, SyncReport, SyncRequest};
+pub use target::{NodeVolumes, UntrustedTarget, VerifiedTarget};

@@ -2,19 +2,17 @@
 //! returns, so containers that read them through `secretKeyRef` start on the first try.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use secrets_store_api::crd::{SecretObject, SecretProviderClass, SecretProviderClassPodStatus};
 use secrets_store_api::labels;
+use secrets_store_driver::mounter::MountTable;
 use secrets_store_provider::SecretBytes;
 use tokio::sync::{Mutex, Notify};
 
@@ -23,6 +21,9 @@ use crate::desired::{DesiredSecretError, desired_secret, is_managed};
 use crate::files::VolumeFiles;
 use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_references};
 use crate::rollout::Rollout;
+use crate::target::{NodeVolumes, UntrustedTarget, VerifiedTarget};
+
+mod reconcile;
 
 /// A volume that was just mounted (or remounted) and whose synced Secrets must be written.
 pub struct SyncRequest<'a> {
@@ -47,7 +48,7 @@ pub enum SyncError {
         /// Name of the class.
         class: String,
         /// What is wrong.
-        source: DesiredSecretError,
+        source: Box<DesiredSecretError>,
     },
     /// The class's lifetime annotation is invalid.
     #[error("SecretProviderClass {namespace}/{class}: {source}")]
@@ -81,6 +82,22 @@ pub enum SyncError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The status's target path is not a volume of its pod that this agent mounted: nothing was
+    /// read.
+    #[error(
+        "SecretProviderClassPodStatus {namespace}/{status}: {source}; no file was read and no Secret written"
+    )]
+    UntrustedTarget {
+        /// Namespace of the status.
+        namespace: String,
+        /// Name of the status.
+        status: String,
+        /// Which rule it broke.
+        source: Box<UntrustedTarget>,
+    },
+    /// The mount table could not be read, so no target path can be verified.
+    #[error("reading the mount table /proc/self/mountinfo: {0}")]
+    MountTable(std::io::Error),
     /// The API server refused or could not be reached.
     #[error("writing Secret {namespace}/{name} to the API server: {source}")]
     Api {
@@ -97,7 +114,11 @@ impl SyncError {
     /// Whether retrying without changing anything can succeed (the API server was unreachable),
     /// as opposed to a configuration problem someone must fix.
     pub fn retryable(&self) -> bool {
-        matches!(self, Self::Api { .. } | Self::ReadFiles { .. })
+        match self {
+            Self::Api { .. } | Self::ReadFiles { .. } | Self::MountTable(_) => true,
+            Self::UntrustedTarget { source, .. } => !source.is_suspicious(),
+            _ => false,
+        }
     }
 
     /// A stable label for metrics and the Event reason.
@@ -107,7 +128,10 @@ impl SyncError {
                 "InvalidSecretObject"
             }
             Self::NotManaged { .. } => "SecretNotManaged",
-            Self::Api { .. } | Self::ReadFiles { .. } => "FailedToCreateSecret",
+            Self::UntrustedTarget { .. } => "UntrustedPodStatus",
+            Self::Api { .. } | Self::ReadFiles { .. } | Self::MountTable(_) => {
+                "FailedToCreateSecret"
+            }
         }
     }
 }
@@ -131,9 +155,6 @@ pub trait ClassLookup: Send + Sync {
     async fn class(&self, namespace: &str, name: &str) -> Option<Arc<SecretProviderClass>>;
 }
 
-/// How long the reconciler waits after a managed Secret changed before it looks.
-const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(500);
-
 /// One lock per (namespace, Secret name) being written on this node.
 type SecretLocks = HashMap<(String, String), Arc<Mutex<()>>>;
 
@@ -141,6 +162,7 @@ type SecretLocks = HashMap<(String, String), Arc<Mutex<()>>>;
 #[derive(Clone)]
 pub struct SecretSync {
     client: Client,
+    node: NodeVolumes,
     field_manager: String,
     statuses: Store<SecretProviderClassPodStatus>,
     pods: Store<Pod>,
@@ -149,6 +171,9 @@ pub struct SecretSync {
     locks: Arc<StdMutex<SecretLocks>>,
     secrets_changed: Arc<Notify>,
     rollout: Option<Rollout>,
+    /// Status objects the reconciler refused, by uid, with the resourceVersion it warned about:
+    /// one Event per version, not one per pass (passes follow every managed Secret's change).
+    refused: Arc<StdMutex<HashMap<String, String>>>,
 }
 
 impl SecretSync {
@@ -156,9 +181,10 @@ impl SecretSync {
     /// carry our managed label) and returns the syncer plus the future that drives the watches.
     pub fn new(
         client: Client,
-        node_name: &str,
+        node: NodeVolumes,
         classes: Arc<dyn ClassLookup>,
     ) -> (Self, BoxFuture<'static, ()>) {
+        let node_name = node.node_name().to_string();
         let node_label = format!("{}={node_name}", labels::NODE_NAME);
         let (statuses, status_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
@@ -203,6 +229,7 @@ impl SecretSync {
         .boxed();
         let sync = Self {
             client,
+            node,
             field_manager: format!("secrets-store-rs/{node_name}"),
             statuses,
             pods,
@@ -211,6 +238,7 @@ impl SecretSync {
             locks: Arc::default(),
             secrets_changed,
             rollout: None,
+            refused: Arc::default(),
         };
         (sync, drive)
     }
@@ -312,7 +340,7 @@ impl SecretSync {
             SyncError::InvalidSecretObject {
                 namespace: namespace.to_string(),
                 class: volume.class.name_any(),
-                source,
+                source: Box::new(source),
             }
         })?;
         let desired = &desired;
@@ -428,75 +456,21 @@ impl SecretSync {
             .map(Arc::new)
     }
 
-    /// Restores synced Secrets that were edited or deleted, and retries failed syncs: runs on
-    /// every change to a managed Secret (debounced) and every `period`. Reads the objects back
-    /// from this node's mounted volumes; it never calls a provider.
-    pub async fn run_reconciler(self, period: Duration, reporter: Reporter) {
-        let recorder = Recorder::new(self.client.clone(), reporter);
-        loop {
-            tokio::select! {
-                () = self.secrets_changed.notified() => {
-                    // Let a burst of changes (a rotation across many pods) settle first.
-                    tokio::time::sleep(RECONCILE_DEBOUNCE).await;
-                }
-                () = tokio::time::sleep(period) => {}
-            }
-            self.reconcile_once(&recorder).await;
-        }
-    }
-
-    /// One pass over this node's mounted volumes that sync Secrets.
-    pub async fn reconcile_once(&self, recorder: &Recorder) {
-        for status in self.statuses.state() {
-            let Some(fields) = status.status.as_ref().filter(|f| f.mounted) else {
-                continue;
-            };
-            let namespace = status.namespace().unwrap_or_default();
-            let Some(class) = self
-                .classes
-                .class(&namespace, &fields.secret_provider_class_name)
-                .await
-            else {
-                continue;
-            };
-            if class.spec.secret_objects.is_empty() {
-                continue;
-            }
-            let Some(pod) = self
-                .pods
-                .get(&ObjectRef::new(&fields.pod_name).within(&namespace))
-            else {
-                continue;
-            };
-            if pod.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let request = SyncRequest {
-                pod: &pod,
-                class: &class,
-                pod_status: &status,
-                files: VolumeFiles::OnDisk(Path::new(&fields.target_path)),
-            };
-            match self.sync_volume(&request).await {
-                Ok(report) if !report.applied.is_empty() => {
-                    tracing::info!(%namespace, secrets = ?report.applied, "restored synced Secrets");
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(%namespace, pod = %fields.pod_name, error = %e, "secret sync failed");
-                    let event = Event {
-                        type_: EventType::Warning,
-                        reason: e.reason().into(),
-                        note: Some(e.to_string()),
-                        action: "SyncSecret".into(),
-                        secondary: None,
-                    };
-                    if let Err(e) = recorder.publish(&event, &pod.object_ref(&())).await {
-                        tracing::debug!(error = %e, "could not record secret sync event");
-                    }
-                }
-            }
-        }
+    /// The directory `status` claims for `pod`'s volume, if [`NodeVolumes::verify`] accepts it
+    /// against the current mount table.
+    pub fn verify_target(
+        &self,
+        status: &SecretProviderClassPodStatus,
+        pod: &Pod,
+    ) -> Result<VerifiedTarget, SyncError> {
+        let mounts = MountTable::read().map_err(SyncError::MountTable)?;
+        self.node
+            .verify(status, pod, &mounts)
+            .map_err(|source| SyncError::UntrustedTarget {
+                namespace: status.namespace().unwrap_or_default(),
+                status: status.name_any(),
+                source: Box::new(source),
+            })
     }
 
     fn lock_for(&self, namespace: &str, name: &str) -> Arc<Mutex<()>> {
