@@ -174,6 +174,25 @@ GO
   link "$name" "$dest/$name"
 }
 
+# ASCP (aws/secrets-store-csi-driver-provider-aws), a test and benchmark peer only. The Go module
+# proxy refuses the module itself (403) but serves every dependency in its go.sum, so it is built,
+# unmodified, from a copy of the upstream tree kept next to the repository in
+# ../shared/peers/ (read-only in CI, hence the copy).
+ASCP_SRC="$here/../../shared/peers/secrets-store-csi-driver-provider-aws-$ASCP_VERSION"
+build_ascp() {
+  local name=secrets-store-csi-driver-provider-aws dest="$TOOLS/ascp-$ASCP_COMMIT"
+  if [[ ! -x "$dest/$name" ]]; then
+    [[ -f "$ASCP_SRC/go.mod" ]] \
+      || die "ASCP source not found at $ASCP_SRC (expected the unmodified upstream tree, commit $ASCP_COMMIT, in ../shared/peers/ next to the repository)"
+    need_go; log "building ASCP $ASCP_VERSION ($ASCP_COMMIT) from $ASCP_SRC (about 5 min the first time)"
+    rm -rf "$dest/src"; mkdir -p "$dest"
+    cp -r "$ASCP_SRC" "$dest/src" && chmod -R u+w "$dest/src" || return 1
+    (cd "$dest/src" && CGO_ENABLED=0 go build -trimpath -o "$dest/$name.tmp" .) || return 1
+    mv "$dest/$name.tmp" "$dest/$name"
+  fi
+  link "$name" "$dest/$name"
+}
+
 # go_install NAME MODULE@VERSION PKG: build a Go tool without replace directives.
 go_install() {
   local name="$1" version="$2" pkg="$3" dest="$TOOLS/$1-$2"
@@ -243,15 +262,13 @@ build_one() {
     cargo-fuzz) cargo_install cargo-fuzz "$CARGO_FUZZ_VERSION" || die "could not install cargo-fuzz $CARGO_FUZZ_VERSION" ;;
     helm) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
     upstream-driver) build_upstream_driver || die "could not build sigs.k8s.io/secrets-store-csi-driver $UPSTREAM_DRIVER_VERSION" ;;
-    # The Go module proxy reachable from these machines answers 403 ("not available") for ASCP.
-    ascp) go_install secrets-store-csi-driver-provider-aws "$ASCP_COMMIT" github.com/aws/secrets-store-csi-driver-provider-aws \
-      || die "github.com/aws/secrets-store-csi-driver-provider-aws is not served by the Go module proxy here (403): ASCP cannot be built on this machine" ;;
+    ascp) build_ascp || die "could not build ASCP $ASCP_VERSION ($ASCP_COMMIT)" ;;
     *) die "unknown tool '$1'" ;;
   esac
 }
 
 CORE=(moto etcd kube-apiserver kube-controller-manager csi-sanity helm cargo-deny upstream-driver
-  node-packages kubelet kube-scheduler kubectl)
+  ascp node-packages kubelet kube-scheduler kubectl)
 
 case "${1:-core}" in
   env)
