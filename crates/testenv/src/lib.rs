@@ -7,6 +7,7 @@
 //! ([`Cluster::new_namespace`]) and by AWS account id ([`Moto::new_account`]).
 
 mod apiserver;
+pub mod ascp;
 mod certs;
 mod cluster;
 pub mod kubelet;
