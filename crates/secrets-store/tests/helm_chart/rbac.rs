@@ -1,5 +1,6 @@
 //! `helm install` into the test apiserver and the RBAC its ServiceAccount gets, checked by
-//! impersonating it: what the node agent needs and nothing more.
+//! impersonating it: what the node agent needs and nothing more, and what it is refused for real
+//! (by RBAC and by the chart's admission policies).
 
 use std::collections::BTreeSet;
 
@@ -12,27 +13,12 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::api::storage::v1::CSIDriver;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use secrets_store_testenv::Cluster;
 
-use crate::{INSTALL, NAME, chart_dir, helm};
-
-/// A client that acts as the chart's ServiceAccount (impersonated by the admin identity).
-async fn impersonating(cluster: &Cluster, ns: &str) -> Client {
-    let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig_path()).expect("test kubeconfig");
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("config from test kubeconfig");
-    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{NAME}"));
-    config.auth_info.impersonate_groups = Some(vec![
-        "system:serviceaccounts".into(),
-        format!("system:serviceaccounts:{ns}"),
-        "system:authenticated".into(),
-    ]);
-    Client::try_from(config).expect("impersonating client")
-}
+use crate::chart::{as_agent, helm_release, helm_uninstall};
+use crate::{INSTALL, NAME, limits};
 
 /// Whether the impersonated identity may do `verb` on `resource` (`group/resource[/sub]`).
 async fn can(client: &Client, verb: &str, resource: &str, namespace: Option<&str>) -> bool {
@@ -118,9 +104,7 @@ fn base_rules() -> BTreeSet<String> {
     add("secrets-store.csi.x-k8s.io/secretproviderclasses", &read);
     add(
         "secrets-store.csi.x-k8s.io/secretproviderclasspodstatuses",
-        &[
-            "get", "list", "watch", "create", "update", "patch", "delete",
-        ],
+        &["get", "list", "watch", "create", "patch"],
     );
     add("/pods", &read);
     add("/events", &["create", "patch"]);
@@ -132,9 +116,7 @@ fn base_rules() -> BTreeSet<String> {
 
 fn sync_rules() -> BTreeSet<String> {
     let mut want = base_rules();
-    for v in [
-        "get", "list", "watch", "create", "update", "patch", "delete",
-    ] {
+    for v in ["get", "list", "watch", "create", "patch"] {
         want.insert(format!("/secrets {v}"));
     }
     for r in ["deployments", "statefulsets", "daemonsets"] {
@@ -145,9 +127,25 @@ fn sync_rules() -> BTreeSet<String> {
     want
 }
 
-/// What the agent must never be able to do, whatever the values.
+/// What the agent must never be able to do, whatever the values. Server-side apply (`patch`,
+/// and `create` for a new object) is how it writes statuses and Secrets; nothing it runs
+/// updates or deletes either.
 async fn assert_never(client: &Client, other_ns: &str) {
     for (verb, resource) in [
+        (
+            "update",
+            "secrets-store.csi.x-k8s.io/secretproviderclasspodstatuses",
+        ),
+        (
+            "delete",
+            "secrets-store.csi.x-k8s.io/secretproviderclasspodstatuses",
+        ),
+        ("update", "/secrets"),
+        ("delete", "/secrets"),
+        ("deletecollection", "/secrets"),
+        ("update", "apps/deployments"),
+        ("patch", "apps/deployments/scale"),
+        ("patch", "apps/deployments/status"),
         ("create", "/serviceaccounts/token"),
         ("create", "/pods"),
         ("delete", "/pods"),
@@ -182,27 +180,7 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
     let ns = cluster.new_namespace("chart").await;
     let workload_ns = cluster.new_namespace("chart-workload").await;
     let admin = cluster.client();
-    let kubeconfig = cluster.kubeconfig_path().to_str().unwrap().to_string();
-    let chart = chart_dir();
-    let chart = chart.to_str().unwrap().to_string();
-    let install = |verb: &'static str, sets: &'static str| {
-        let mut args = vec![
-            verb,
-            NAME,
-            chart.as_str(),
-            "--namespace",
-            ns.as_str(),
-            "--kubeconfig",
-            kubeconfig.as_str(),
-            "--timeout",
-            "120s",
-        ];
-        if !sets.is_empty() {
-            args.extend(["--set", sets]);
-        }
-        helm(&args)
-    };
-    install("install", "");
+    helm_release(cluster, "install", &ns, "");
 
     // CSIDriver exactly as kubelet needs it.
     let driver = Api::<CSIDriver>::all(admin.clone())
@@ -273,7 +251,7 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
     );
 
     // RBAC as the agent, without sync: exactly the base rules, in any namespace.
-    let agent = impersonating(cluster, &ns).await;
+    let agent = as_agent(cluster, &ns).await;
     assert_eq!(rules_in(&agent, &workload_ns).await, base_rules());
     assert_never(&agent, &workload_ns).await;
     for verb in [
@@ -285,6 +263,7 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
         );
     }
     // And for real against the apiserver: what it needs works, the rest is refused.
+    limits::agent_writes_statuses_only_by_apply(&agent, &workload_ns).await;
     Api::<Pod>::all(agent.clone())
         .list(&ListParams::default().fields(&format!("spec.nodeName={}", cluster.node_name())))
         .await
@@ -299,8 +278,10 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
     );
 
     // With secret sync: Secret and rollout verbs are added, nothing else.
-    install(
+    helm_release(
+        cluster,
         "upgrade",
+        &ns,
         "syncSecret.enabled=true,enableSecretRotation=true",
     );
     let driver = Api::<CSIDriver>::all(admin.clone())
@@ -310,6 +291,7 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
     assert_eq!(driver.spec.requires_republish, Some(true));
     assert_eq!(rules_in(&agent, &workload_ns).await, sync_rules());
     assert_never(&agent, &workload_ns).await;
+    limits::agent_can_only_roll_workloads(&agent, &admin, &workload_ns).await;
     // The rollout key: get by name and create in the agent's own namespace.
     let own = rules_in(&agent, &ns).await;
     assert!(
@@ -322,14 +304,7 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
         .await
         .expect("with syncSecret the agent lists managed Secrets");
 
-    helm(&[
-        "uninstall",
-        NAME,
-        "--namespace",
-        &ns,
-        "--kubeconfig",
-        &kubeconfig,
-    ]);
+    helm_uninstall(cluster, &ns);
     assert!(
         Api::<CSIDriver>::all(admin.clone())
             .get_opt("secrets-store.csi.k8s.io")

@@ -125,6 +125,48 @@ fn template_sync_and_rotation_matches_golden() {
     );
 }
 
+/// The admission policies: the status-writers one by default, the rollout-only one with secret
+/// sync (the only case the agent may patch workloads), each removable by its value.
+#[test]
+fn admission_policies_render_as_configured() {
+    let policies = |sets: &[&str]| -> Vec<String> {
+        serde_yaml::Deserializer::from_str(&render(sets))
+            .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+            .filter(|d| {
+                d.get("kind").and_then(|k| k.as_str()) == Some("ValidatingAdmissionPolicyBinding")
+            })
+            .filter_map(|d| Some(d.get("spec")?.get("policyName")?.as_str()?.to_string()))
+            .collect()
+    };
+    let statuses = "secrets-store-rs-pod-status-writers";
+    let rollout = "secrets-store-rs-rollout-only";
+    assert_eq!(policies(&[]), [statuses]);
+    assert_eq!(policies(&["syncSecret.enabled=true"]), [statuses, rollout]);
+    assert_eq!(
+        policies(&[
+            "syncSecret.enabled=true",
+            "admissionPolicies.podStatuses=false"
+        ]),
+        [rollout]
+    );
+    assert!(
+        policies(&[
+            "syncSecret.enabled=true",
+            "admissionPolicies.podStatuses=false",
+            "admissionPolicies.workloads=false"
+        ])
+        .is_empty()
+    );
+    // Each names the release's ServiceAccount as the agent.
+    let out = render(&["syncSecret.enabled=true"]);
+    assert_eq!(
+        out.matches(r#""system:serviceaccount:kube-system:secrets-store-rs""#)
+            .count(),
+        2,
+        "{out}"
+    );
+}
+
 /// `deploy/secrets-store-rs.yaml` is the chart with default values, for `kubectl apply` users
 /// (after `kubectl apply -f deploy/crds/`).
 #[test]

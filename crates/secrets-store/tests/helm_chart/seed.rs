@@ -9,28 +9,8 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use secrets_store_testenv::Cluster;
 use secrets_store_testenv::eventually;
 
-use crate::{INSTALL, NAME, chart_dir, helm, repo_root};
-
-/// `helm install <sets>` into `ns` with the test kubeconfig.
-fn helm_install(cluster: &Cluster, ns: &str, sets: &str) {
-    let chart = chart_dir();
-    let kubeconfig = cluster.kubeconfig_path().to_str().unwrap().to_string();
-    let mut args = vec![
-        "install",
-        NAME,
-        chart.to_str().unwrap(),
-        "--namespace",
-        ns,
-        "--kubeconfig",
-        &kubeconfig,
-        "--timeout",
-        "120s",
-    ];
-    if !sets.is_empty() {
-        args.extend(["--set", sets]);
-    }
-    helm(&args);
-}
+use crate::chart::{helm_release, helm_uninstall};
+use crate::{INSTALL, NAME, repo_root};
 
 /// How long the chart tests wait for the cluster to converge.
 const CONVERGE: std::time::Duration = std::time::Duration::from_secs(120);
@@ -55,8 +35,9 @@ async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
     let agent_ns = cluster.new_namespace("chart-agent").await;
     let ns = cluster.new_namespace("chart-seed").await;
     let admin = cluster.client();
-    helm_install(
+    helm_release(
         cluster,
+        "install",
         &agent_ns,
         "syncSecret.enabled=true,enableSecretRotation=true",
     );
@@ -217,14 +198,7 @@ async fn seed_walkthrough_runs_on_the_chart_daemonset_identity() {
     .await;
     kubelet.stop();
     agent.stop();
-    helm(&[
-        "uninstall",
-        NAME,
-        "--namespace",
-        &agent_ns,
-        "--kubeconfig",
-        cluster.kubeconfig_path().to_str().unwrap(),
-    ]);
+    helm_uninstall(cluster, &agent_ns);
     let namespaces: Api<Namespace> = Api::all(admin);
     for n in [&ns, &agent_ns] {
         namespaces

@@ -1,0 +1,232 @@
+//! What the agent's identity is refused for real, by RBAC or by the chart's admission policies:
+//! the requests a compromised node would send, not only access reviews.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource};
+use secrets_store_api::crd::SecretProviderClassPodStatus;
+use secrets_store_testenv::eventually;
+
+/// The rollout's annotation on a pod template.
+const DIGEST: &str = "secrets-store.csi.x-k8s.io/secret-digest-synced";
+
+/// Asserts `result` is a 403 whose message contains `by` (the policy's name, or RBAC's wording).
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, kube::Error>, by: &str, what: &str) {
+    match result {
+        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains(by) => {}
+        other => panic!("{what}: expected a 403 naming {by:?}, got {other:?}"),
+    }
+}
+
+/// RBAC's wording of a refusal.
+const RBAC: &str = "cannot";
+
+/// Without sync: the agent applies status objects (as the driver does) but can neither replace
+/// nor delete one.
+pub async fn agent_writes_statuses_only_by_apply(agent: &Client, ns: &str) {
+    let api: Api<SecretProviderClassPodStatus> = Api::namespaced(agent.clone(), ns);
+    let status: SecretProviderClassPodStatus = serde_json::from_value(serde_json::json!({
+        "apiVersion": "secrets-store.csi.x-k8s.io/v1",
+        "kind": "SecretProviderClassPodStatus",
+        "metadata": {"name": "web-0-ns-spc"},
+        "status": {"podName": "web-0", "secretProviderClassName": "spc", "mounted": true,
+            "targetPath": "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount"},
+    }))
+    .unwrap();
+    let stored = api
+        .patch(
+            "web-0-ns-spc",
+            &PatchParams::apply("secrets-store-rs").force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .expect("the agent applies its status objects");
+    assert_refused(
+        api.replace("web-0-ns-spc", &PostParams::default(), &stored)
+            .await,
+        RBAC,
+        "the agent replacing a status",
+    );
+    assert_refused(
+        api.delete("web-0-ns-spc", &DeleteParams::default()).await,
+        RBAC,
+        "the agent deleting a status",
+    );
+}
+
+/// With sync: the agent cannot delete or replace a Secret, and may change nothing in a
+/// Deployment, StatefulSet or DaemonSet but the secret-digest annotations of its pod template.
+pub async fn agent_can_only_roll_workloads(agent: &Client, admin: &Client, ns: &str) {
+    let secrets: Api<Secret> = Api::namespaced(agent.clone(), ns);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "synced", "labels": {"secrets-store.csi.k8s.io/managed": "true"}},
+        "data": {"k": "dg=="},
+    }))
+    .unwrap();
+    let secret = Api::<Secret>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    assert_refused(
+        secrets.delete("synced", &DeleteParams::default()).await,
+        RBAC,
+        "the agent deleting a Secret",
+    );
+    assert_refused(
+        secrets
+            .replace("synced", &PostParams::default(), &secret)
+            .await,
+        RBAC,
+        "the agent replacing a Secret",
+    );
+
+    let pod_template = serde_json::json!({
+        "metadata": {"labels": {"app": "app"}},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.14.2"}]},
+    });
+    let selector = serde_json::json!({"matchLabels": {"app": "app"}});
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app"},
+        "spec": {"replicas": 1, "selector": selector, "template": pod_template},
+    }))
+    .unwrap();
+    let stateful_set: StatefulSet = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app"},
+        "spec": {"replicas": 1, "serviceName": "app", "selector": selector, "template": pod_template},
+    }))
+    .unwrap();
+    let daemon_set: DaemonSet = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app"},
+        "spec": {"selector": selector, "template": pod_template},
+    }))
+    .unwrap();
+    let pp = PostParams::default();
+    Api::<Deployment>::namespaced(admin.clone(), ns)
+        .create(&pp, &deployment)
+        .await
+        .unwrap();
+    Api::<StatefulSet>::namespaced(admin.clone(), ns)
+        .create(&pp, &stateful_set)
+        .await
+        .unwrap();
+    Api::<DaemonSet>::namespaced(admin.clone(), ns)
+        .create(&pp, &daemon_set)
+        .await
+        .unwrap();
+    confined::<Deployment>(agent, admin, ns).await;
+    confined::<StatefulSet>(agent, admin, ns).await;
+    confined::<DaemonSet>(agent, admin, ns).await;
+}
+
+/// The rollout-only policy on workload `app` of kind `K`.
+async fn confined<K>(agent: &Client, admin: &Client, ns: &str)
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    const POLICY: &str = "secrets-store-rs-rollout-only";
+    let kind = K::kind(&());
+    let as_agent: Api<K> = Api::namespaced(agent.clone(), ns);
+    let as_admin: Api<K> = Api::namespaced(admin.clone(), ns);
+    let merge = |patch: serde_json::Value| {
+        let api = as_agent.clone();
+        async move {
+            api.patch("app", &PatchParams::default(), &Patch::Merge(patch))
+                .await
+        }
+    };
+    let image = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "registry.example/evil:latest"}]}}}});
+    // Policies reach admission asynchronously after the upgrade created them.
+    let refused = eventually(
+        Duration::from_secs(60),
+        "the rollout-only policy in force",
+        || async {
+            match merge(image.clone()).await {
+                Ok(_) => {
+                    let undo = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+                        {"name": "app", "image": "nginx:1.14.2"}]}}}});
+                    as_admin
+                        .patch("app", &PatchParams::default(), &Patch::Merge(undo))
+                        .await
+                        .unwrap();
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        },
+    )
+    .await;
+    assert_refused(
+        Err::<(), _>(refused),
+        POLICY,
+        &format!("the agent changing a {kind}'s image"),
+    );
+    let digest = |value: &str| serde_json::json!({"spec": {"template": {"metadata": {"annotations": {DIGEST: value}}}}});
+    for (what, patch) in [
+        (
+            "a pod template's other annotations",
+            serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
+                "container.apparmor.security.beta.kubernetes.io/app": "unconfined"}}}}}),
+        ),
+        (
+            "a pod template's labels",
+            serde_json::json!({"spec": {"template": {"metadata": {"labels": {"tier": "x"}}}}}),
+        ),
+        (
+            "a pod template's service account",
+            serde_json::json!({"spec": {"template": {"spec": {"serviceAccountName": "admin"}}}}),
+        ),
+        (
+            "the workload's owners",
+            serde_json::json!({"metadata": {"ownerReferences": [{"apiVersion": "v1",
+                "kind": "ConfigMap", "name": "x", "uid": "00000000-0000-0000-0000-000000000000"}]}}),
+        ),
+        (
+            "the workload's finalizers",
+            serde_json::json!({"metadata": {"finalizers": ["example.com/block"]}}),
+        ),
+        (
+            "the workload's other spec fields",
+            serde_json::json!({"spec": {"minReadySeconds": 5}}),
+        ),
+        (
+            "the workload's labels",
+            serde_json::json!({"metadata": {"labels": {"tier": "x"}}}),
+        ),
+        (
+            "a digest together with anything else",
+            serde_json::json!({"spec": {"template": {"metadata": {"annotations": {DIGEST: "a"}},
+                "spec": {"hostNetwork": true}}}}),
+        ),
+    ] {
+        assert_refused(
+            merge(patch).await,
+            POLICY,
+            &format!("the agent changing {what} of a {kind}"),
+        );
+    }
+    if kind != "DaemonSet" {
+        assert_refused(
+            merge(serde_json::json!({"spec": {"replicas": 0}})).await,
+            POLICY,
+            &format!("the agent scaling a {kind}"),
+        );
+    }
+    // What rollout writes passes, a changed digest included, and the policy binds no one else.
+    merge(digest("first"))
+        .await
+        .unwrap_or_else(|e| panic!("the agent setting a {kind}'s digest annotation: {e}"));
+    merge(digest("second"))
+        .await
+        .unwrap_or_else(|e| panic!("the agent changing a {kind}'s digest annotation: {e}"));
+    as_admin
+        .patch("app", &PatchParams::default(), &Patch::Merge(image))
+        .await
+        .unwrap_or_else(|e| panic!("the admin changing a {kind}'s image: {e}"));
+}
