@@ -12,8 +12,15 @@ pub const DEFAULT_TMPFS_SIZE: &str = "16Mi";
 
 /// The mount source ("device") of every tmpfs this agent mounts: in the mount table it tells
 /// our volumes from any other tmpfs (kubelet's own `kubernetes.io~projected` token volumes,
-/// `emptyDir: {medium: Memory}`, another driver's). tmpfs ignores the source otherwise.
+/// `emptyDir: {medium: Memory}`, another driver's) and from our own older ones. tmpfs ignores
+/// the source otherwise.
 pub const MOUNT_SOURCE: &str = "secrets-store-rs";
+
+/// The mount source of volumes mounted before [`MOUNT_SOURCE`] existed, by an earlier version or
+/// by the upstream driver before a migration: their pods keep them until they are recreated, so
+/// they still count as ours. (A tmpfs with this source at a volume path kubelet had this driver
+/// mount can only have been made there by whoever served this driver's name, or by root.)
+pub const LEGACY_MOUNT_SOURCE: &str = "tmpfs";
 
 /// Why a mount operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -258,11 +265,12 @@ impl MountTable {
             .rfind(|m| Path::new(&m.mount_point) == path)
     }
 
-    /// Whether the mount at exactly `path` is a tmpfs this agent mounted: type `tmpfs`, source
-    /// [`MOUNT_SOURCE`], on top of anything else mounted there.
+    /// Whether the mount at exactly `path` is a tmpfs this driver mounted: type `tmpfs`, source
+    /// [`MOUNT_SOURCE`] (or [`LEGACY_MOUNT_SOURCE`]), on top of anything else mounted there.
     pub fn is_ours(&self, path: &Path) -> bool {
-        self.top(path)
-            .is_some_and(|m| m.fs_type == "tmpfs" && m.source == MOUNT_SOURCE)
+        self.top(path).is_some_and(|m| {
+            m.fs_type == "tmpfs" && (m.source == MOUNT_SOURCE || m.source == LEGACY_MOUNT_SOURCE)
+        })
     }
 }
 
@@ -335,11 +343,17 @@ mod tests {
         };
         let path = Path::new(ours);
         assert!(table(&[(ours, "tmpfs", MOUNT_SOURCE)]).is_ours(path));
-        // Any other tmpfs (an older version's, kubelet's token volumes) is not ours.
-        assert!(!table(&[(ours, "tmpfs", "tmpfs")]).is_ours(path));
+        // Mounted before an upgrade (an earlier version's, the upstream driver's).
+        assert!(table(&[(ours, "tmpfs", LEGACY_MOUNT_SOURCE)]).is_ours(path));
+        // Any other tmpfs or filesystem is not ours.
+        assert!(!table(&[(ours, "tmpfs", "shm")]).is_ours(path));
+        assert!(!table(&[(ours, "tmpfs", "other-driver")]).is_ours(path));
         assert!(!table(&[(ours, "ext4", MOUNT_SOURCE)]).is_ours(path));
         // Something mounted over ours hides it.
-        assert!(!table(&[(ours, "tmpfs", MOUNT_SOURCE), (ours, "tmpfs", "tmpfs")]).is_ours(path));
+        assert!(!table(&[(ours, "tmpfs", MOUNT_SOURCE), (ours, "tmpfs", "shm")]).is_ours(path));
+        assert!(
+            !table(&[(ours, "tmpfs", MOUNT_SOURCE), (ours, "overlay", "overlay")]).is_ours(path)
+        );
         // Above, below, or a prefix of the path does not count.
         let parent = "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v";
         assert!(!table(&[(parent, "tmpfs", MOUNT_SOURCE)]).is_ours(path));

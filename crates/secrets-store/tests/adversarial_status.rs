@@ -279,7 +279,7 @@ async fn forged_pod_statuses_copy_no_file_into_a_secret() {
             object: "token",
             target: plain_dir.clone(),
             content: plain,
-            rule: "not a tmpfs mounted by secrets-store-rs",
+            rule: "not a tmpfs mounted by this driver",
         },
     ];
     let statuses: Api<SecretProviderClassPodStatus> =

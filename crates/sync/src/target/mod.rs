@@ -4,7 +4,7 @@
 //! can write any path into `status.targetPath`, and the agent reads files as root. So a target is
 //! accepted only if it is exactly where kubelet has our driver mount a volume of the pod the
 //! status names, that pod runs on this node and owns the status, the volume is ours and uses the
-//! status's class, and this agent has its tmpfs mounted there. [`VerifiedTarget`] is the only way
+//! status's class, and this driver has its tmpfs mounted there. [`VerifiedTarget`] is the only way
 //! to read a volume from disk, and [`NodeVolumes::verify`] the only way to get one.
 
 use std::path::{Path, PathBuf};
@@ -129,8 +129,8 @@ pub enum UntrustedTarget {
         /// The status's class.
         status_class: String,
     },
-    /// Nothing, or something other than this agent's tmpfs, is mounted at the path.
-    #[error("{target:?} is not a tmpfs mounted by secrets-store-rs")]
+    /// Nothing, or something other than this driver's tmpfs, is mounted at the path.
+    #[error("{target:?} is not a tmpfs mounted by this driver")]
     NotOurMount {
         /// The path.
         target: PathBuf,

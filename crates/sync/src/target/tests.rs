@@ -220,12 +220,12 @@ fn the_volume_must_be_ours_with_the_statuss_class() {
 }
 
 #[test]
-fn only_a_tmpfs_this_agent_mounted_is_read() {
+fn only_a_tmpfs_this_driver_mounted_is_read() {
     let ours = target_of(UID, VOLUME);
     let check = |info: &str| node().verify(&status(), &pod(), &MountTable::parse(info));
     for info in [
         String::new(),
-        format!("1 1 0:1 / {ours} rw - tmpfs tmpfs rw\n"),
+        format!("1 1 0:1 / {ours} rw - tmpfs shm rw\n"),
         format!("1 1 0:1 / {ours} rw - ext4 /dev/sda1 rw\n"),
         format!("1 1 0:1 / {ours}/x rw - tmpfs {MOUNT_SOURCE} rw\n"),
     ] {
@@ -236,8 +236,10 @@ fn only_a_tmpfs_this_agent_mounted_is_read() {
         );
         assert!(
             err.to_string()
-                .contains("not a tmpfs mounted by secrets-store-rs")
+                .contains("not a tmpfs mounted by this driver")
         );
     }
     assert!(check(&format!("1 1 0:1 / {ours} rw - tmpfs {MOUNT_SOURCE} rw\n")).is_ok());
+    // Volumes mounted before an upgrade keep syncing until their pods are recreated.
+    assert!(check(&format!("1 1 0:1 / {ours} rw - tmpfs tmpfs rw\n")).is_ok());
 }
