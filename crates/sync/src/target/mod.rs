@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use secrets_store_api::crd::SecretProviderClassPodStatus;
+use secrets_store_api::crd::{SecretProviderClassPodStatus, SecretProviderClassPodStatusStatus};
 use secrets_store_api::labels::DRIVER_NAME;
 use secrets_store_driver::mounter::{KubeletTarget, MountTable};
 use secrets_store_driver::volume_context::SECRET_PROVIDER_CLASS_KEY;
@@ -170,7 +170,8 @@ impl NodeVolumes {
         pod: &Pod,
         mounts: &MountTable,
     ) -> Result<VerifiedTarget, UntrustedTarget> {
-        let fields = status.status.clone().unwrap_or_default();
+        let unset = SecretProviderClassPodStatusStatus::default();
+        let fields = status.status.as_ref().unwrap_or(&unset);
         let target =
             KubeletTarget::parse(&self.kubelet_dir, &fields.target_path).ok_or_else(|| {
                 UntrustedTarget::NotAVolumePath {
@@ -181,7 +182,7 @@ impl NodeVolumes {
         let pod_name = pod.name_any();
         if fields.pod_name != pod_name || status.namespace() != pod.namespace() {
             return Err(UntrustedTarget::NotTheNamedPod {
-                named: fields.pod_name,
+                named: fields.pod_name.clone(),
                 pod: pod_name,
             });
         }
@@ -207,12 +208,14 @@ impl NodeVolumes {
                 }
             });
         }
-        let spec = pod.spec.clone().unwrap_or_default();
-        let pod_node = spec.node_name.unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let pod_node = spec
+            .and_then(|s| s.node_name.as_deref())
+            .unwrap_or_default();
         if pod_node != self.node_name {
             return Err(UntrustedTarget::OtherNode {
                 pod: pod_name,
-                pod_node,
+                pod_node: pod_node.to_string(),
                 node: self.node_name.clone(),
             });
         }
@@ -223,8 +226,8 @@ impl NodeVolumes {
             });
         }
         let volume = spec
-            .volumes
-            .iter()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
             .flatten()
             .find(|v| v.name == target.volume)
             .ok_or_else(|| UntrustedTarget::NoSuchVolume {
@@ -243,14 +246,14 @@ impl NodeVolumes {
             .volume_attributes
             .as_ref()
             .and_then(|a| a.get(SECRET_PROVIDER_CLASS_KEY))
-            .cloned()
+            .map(String::as_str)
             .unwrap_or_default();
         if volume_class != fields.secret_provider_class_name {
             return Err(UntrustedTarget::OtherClass {
                 pod: pod_name,
                 volume: target.volume,
-                volume_class,
-                status_class: fields.secret_provider_class_name,
+                volume_class: volume_class.to_string(),
+                status_class: fields.secret_provider_class_name.clone(),
             });
         }
         if !mounts.is_ours(&target.path(&self.kubelet_dir_resolved)) {
