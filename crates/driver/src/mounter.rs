@@ -16,6 +16,10 @@ pub const DEFAULT_TMPFS_SIZE: &str = "16Mi";
 /// the source otherwise.
 pub const MOUNT_SOURCE: &str = "secrets-store-rs";
 
+/// Files and directories one volume may hold: the writer needs a handful of its own entries
+/// (`..data`, the payload directory, one link per top-level name) besides the provider's files.
+pub const MAX_INODES: u32 = 4096;
+
 /// The mount source of volumes mounted before [`MOUNT_SOURCE`] existed, by an earlier version or
 /// by the upstream driver before a migration: their pods keep them until they are recreated, so
 /// they still count as ours. (A tmpfs with this source at a volume path kubelet had this driver
@@ -122,7 +126,9 @@ impl Mounter {
                 .map_err(io_err("mkdir", target))?,
             Err(e) => return Err(io_err("stat", target)(e)),
         }
-        let data = format!("mode=0755,size={}", self.size);
+        // nr_inodes bounds the files and directories a provider response can create in one
+        // volume (each costs kernel memory on top of the bytes the size limit counts).
+        let data = format!("mode=0755,size={},nr_inodes={MAX_INODES}", self.size);
         nix::mount::mount(
             Some(MOUNT_SOURCE),
             target,
