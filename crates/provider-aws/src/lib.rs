@@ -13,8 +13,11 @@ pub mod errors;
 pub mod fetch;
 pub mod file_names;
 pub mod identity;
+pub mod jmes_path;
+pub mod limits;
 pub mod metrics;
 mod mount;
+mod objects_yaml;
 pub mod params;
 pub mod pod_identity;
 pub mod render;
@@ -92,18 +95,17 @@ pub async fn node_region(client: &kube::Client, node: &str) -> Result<Option<Str
     }))
 }
 
-/// Validates SecretProviderClass parameters offline, exactly as a mount would before any
-/// network call (for `secrets-store check`). `default_region` stands in for `AWS_REGION`.
+/// Validates SecretProviderClass parameters, jmesPath expressions and [`limits`] included, as
+/// every mount does before any network call, and as `secrets-store check` does offline.
+/// `default_region` stands in for `AWS_REGION`. Every failure is `InvalidParameters`
+/// (gRPC `InvalidArgument`).
 pub fn validate(
     parameters: &std::collections::BTreeMap<String, String>,
     default_region: Option<&str>,
 ) -> Result<params::MountParameters, ProviderError> {
     use secrets_store_provider::ProviderErrorKind;
-    let p = params::parse(parameters, default_region)
-        .map_err(|e| ProviderError::new(ProviderErrorKind::InvalidParameters, e.to_string()))?;
-    render::check_expressions(&p.objects)
-        .map_err(|e| ProviderError::new(ProviderErrorKind::InvalidParameters, e.to_string()))?;
-    Ok(p)
+    params::parse(parameters, default_region)
+        .map_err(|e| ProviderError::new(ProviderErrorKind::InvalidParameters, e.to_string()))
 }
 
 /// The AWS provider.

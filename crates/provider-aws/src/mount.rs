@@ -11,7 +11,7 @@ use crate::errors::{Class, Classified};
 use crate::fetch::{FetchResult, Fetcher, ObjectRequest};
 use crate::identity::{IdentityError, IdentityKey, IdentityResolver};
 use crate::metrics::Metrics;
-use crate::params::{self, MountParameters, ObjectSpec};
+use crate::params::{MountParameters, ObjectSpec};
 use crate::render;
 
 pub(crate) struct Mounter {
@@ -58,10 +58,7 @@ pub(crate) fn object_error(
 impl Mounter {
     pub(crate) async fn mount(&self, req: MountRequest) -> Result<MountResponse, ProviderError> {
         let deadline = Instant::now() + self.config.mount_timeout;
-        let params = params::parse(&req.attributes.0, self.config.default_region.as_deref())
-            .map_err(|e| ProviderError::new(Kind::InvalidParameters, e.to_string()))?;
-        render::check_expressions(&params.objects)
-            .map_err(|e| ProviderError::new(Kind::InvalidParameters, e.to_string()))?;
+        let params = crate::validate(&req.attributes.0, self.config.default_region.as_deref())?;
 
         let primary = self
             .resolver

@@ -9,11 +9,14 @@
 use std::collections::{BTreeMap, HashSet};
 
 use secrets_store_provider::FileMode;
-use serde::Deserialize;
 
 use crate::arn::{Arn, ObjectKind};
 use crate::file_names::file_conflict;
-pub use crate::file_names::{MAX_OBJECTS, check_file_name, file_name, parse_mode};
+pub use crate::file_names::{check_file_name, file_name, parse_mode};
+use crate::jmes_path::{KeyPath, KeyPathError};
+pub use crate::limits::MAX_OBJECTS;
+use crate::limits::{Exceeded, Limit, SHOWN_NAME_BYTES, SHOWN_PATH_BYTES, shown};
+use crate::objects_yaml::{RawObject, parse_objects};
 
 /// Parameter keys, as ASCP spells them.
 mod keys {
@@ -51,6 +54,14 @@ pub enum ParamError {
         field: &'static str,
         /// Why it was rejected.
         reason: String,
+    },
+    /// An input is over one of the [`crate::limits`].
+    #[error("{scope}: {exceeded}")]
+    Limit {
+        /// The parameter or object (and field) at fault, e.g. `object "db": jmesPath entry 0`.
+        scope: String,
+        /// Which limit, and the size seen.
+        exceeded: Exceeded,
     },
 }
 
@@ -103,8 +114,10 @@ impl VersionSelector {
 /// One jmesPath extraction: a JSON value inside a secret written to its own file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JmesSpec {
-    /// The JMESPath expression (compiled at render time; compile errors are reported there).
+    /// The expression as written (for messages).
     pub path: String,
+    /// The expression, parsed.
+    pub key_path: KeyPath,
     /// The file name (alias after path translation).
     pub file_name: String,
     /// Explicit permission, if any.
@@ -167,36 +180,6 @@ pub struct MountParameters {
     pub objects: Vec<ObjectSpec>,
 }
 
-/// The `objects` YAML as ASCP accepts it. Unknown fields are ignored, as ASCP does.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct RawObject {
-    object_name: String,
-    object_alias: String,
-    object_version: String,
-    object_version_label: String,
-    object_type: String,
-    file_permission: String,
-    jmes_path: Vec<RawJmes>,
-    failover_object: RawFailover,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct RawJmes {
-    path: String,
-    object_alias: String,
-    file_permission: String,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-struct RawFailover {
-    object_name: String,
-    object_version: String,
-    object_version_label: String,
-}
-
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
@@ -257,23 +240,14 @@ pub fn parse(
         service_account: get(keys::SERVICE_ACCOUNT).to_string(),
     };
 
-    let raw: Vec<RawObject> = match get(keys::OBJECTS).trim() {
-        "" => return Err(ParamError::param(keys::OBJECTS, "missing or empty")),
-        yaml => serde_yaml::from_str::<Option<Vec<RawObject>>>(yaml)
-            .map_err(|e| ParamError::ObjectsYaml(e.to_string()))?
-            .unwrap_or_default(),
+    let raw = match get(keys::OBJECTS) {
+        yaml if yaml.trim().is_empty() => {
+            return Err(ParamError::param(keys::OBJECTS, "missing or empty"));
+        }
+        yaml => parse_objects(yaml)?,
     };
     if raw.is_empty() {
         return Err(ParamError::param(keys::OBJECTS, "lists no objects"));
-    }
-    if raw.len() > MAX_OBJECTS {
-        return Err(ParamError::param(
-            keys::OBJECTS,
-            format!(
-                "lists {} objects; at most {MAX_OBJECTS} fit one volume",
-                raw.len()
-            ),
-        ));
     }
 
     let objects = validate_objects(raw, &region, failover_region.as_deref(), translation)?;
@@ -330,7 +304,7 @@ fn validate_objects(
         let label = if r.object_name.is_empty() {
             format!("#{index}")
         } else {
-            r.object_name.clone()
+            shown(&r.object_name, SHOWN_NAME_BYTES).into_owned()
         };
         let err = |field: &'static str, reason: String| ParamError::Object {
             object: label.clone(),
@@ -368,6 +342,12 @@ fn validate_objects(
         };
         check_file_name(&fname).map_err(|e| err(alias_field, e))?;
 
+        Limit::JmesEntries
+            .check(r.jmes_path.len())
+            .map_err(|exceeded| ParamError::Limit {
+                scope: format!("object {label:?}: jmesPath"),
+                exceeded,
+            })?;
         let mut jmes = Vec::with_capacity(r.jmes_path.len());
         for (j, entry) in r.jmes_path.iter().enumerate() {
             if entry.path.is_empty() {
@@ -376,26 +356,38 @@ fn validate_objects(
                     format!("entry {j}: path must be specified"),
                 ));
             }
+            let path = shown(&entry.path, SHOWN_PATH_BYTES);
+            let key_path = KeyPath::parse(&entry.path).map_err(|e| match e {
+                KeyPathError::Limit(exceeded) => ParamError::Limit {
+                    scope: format!("object {label:?}: jmesPath entry {j}"),
+                    exceeded,
+                },
+                e => err(
+                    "jmesPath",
+                    format!("entry {j}: invalid jmesPath {path:?}: {e}"),
+                ),
+            })?;
             if entry.object_alias.is_empty() {
                 return Err(err(
                     "jmesPath",
-                    format!("entry {j} ({}): objectAlias must be specified", entry.path),
+                    format!("entry {j} ({path}): objectAlias must be specified"),
                 ));
             }
             let jname = file_name(&entry.object_alias, translation);
             check_file_name(&jname)
-                .map_err(|e| err("jmesPath", format!("entry {j} ({}): {e}", entry.path)))?;
+                .map_err(|e| err("jmesPath", format!("entry {j} ({path}): {e}")))?;
             let jmode = match entry.file_permission.as_str() {
                 "" => None,
                 s => Some(parse_mode(s).map_err(|e| {
                     err(
                         "jmesPath",
-                        format!("entry {j} ({}): filePermission: {e}", entry.path),
+                        format!("entry {j} ({path}): filePermission: {e}"),
                     )
                 })?),
             };
             jmes.push(JmesSpec {
                 path: entry.path.clone(),
+                key_path,
                 file_name: jname,
                 mode: jmode,
             });
@@ -497,7 +489,8 @@ fn validate_objects(
                     "jmesPath",
                     format!(
                         "duplicate object alias {} in entry {}",
-                        entry.object_alias, entry.path
+                        entry.object_alias,
+                        shown(&entry.path, SHOWN_PATH_BYTES)
                     ),
                 ));
             }

@@ -315,3 +315,103 @@ fn invalid_objects_table() {
 pub(super) fn const_format(arn: &str, object_type: &str) -> String {
     format!("- objectName: {arn}\n  objectType: {object_type}")
 }
+
+/// Every limit of `crate::limits`, through the parameters: a typed error naming the object (or
+/// parameter), the limit and the size seen, before any parsing the limit bounds.
+#[test]
+fn limits_name_the_object_the_limit_and_the_size() {
+    use crate::limits::{
+        Exceeded, Limit, MAX_JMES_ENTRIES, MAX_JMES_NESTING, MAX_JMES_PATH_BYTES,
+        MAX_OBJECTS_YAML_BYTES,
+    };
+    let jmes = |paths: &[String]| {
+        let entries: String = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!(
+                    "    - path: {}\n      objectAlias: f{i}\n",
+                    serde_json::json!(p)
+                )
+            })
+            .collect();
+        format!("- objectName: db\n  objectType: secretsmanager\n  jmesPath:\n{entries}")
+    };
+    let limit = |a: BTreeMap<String, String>| match parse(&a, None) {
+        Err(ParamError::Limit { scope, exceeded }) => (scope, exceeded),
+        other => panic!("{other:?}"),
+    };
+
+    let bangs = "!".repeat(MAX_JMES_PATH_BYTES + 1);
+    let (scope, exceeded) = limit(objects(&jmes(&["user".into(), bangs.clone()])));
+    assert_eq!(scope, "object \"db\": jmesPath entry 1");
+    assert_eq!(
+        exceeded,
+        Exceeded {
+            limit: Limit::JmesPathBytes,
+            seen: 4097
+        }
+    );
+    let msg = parse(&objects(&jmes(&[bangs])), None)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        "object \"db\": jmesPath entry 0: path is 4097 bytes; the limit is 4096 bytes"
+    );
+
+    let parens = format!("{}a{}", "(".repeat(2000), ")".repeat(2000));
+    let (scope, exceeded) = limit(objects(&jmes(&[parens])));
+    assert_eq!(scope, "object \"db\": jmesPath entry 0");
+    assert_eq!(
+        exceeded,
+        Exceeded {
+            limit: Limit::JmesNesting,
+            seen: 2000
+        }
+    );
+    let bangs = format!("{}a", "!".repeat(MAX_JMES_NESTING + 1));
+    assert_eq!(limit(objects(&jmes(&[bangs]))).1.limit, Limit::JmesNesting);
+
+    let many: Vec<String> = (0..=MAX_JMES_ENTRIES).map(|i| format!("k{i}")).collect();
+    let (scope, exceeded) = limit(objects(&jmes(&many)));
+    assert_eq!(scope, "object \"db\": jmesPath");
+    assert_eq!(
+        exceeded,
+        Exceeded {
+            limit: Limit::JmesEntries,
+            seen: 101
+        }
+    );
+    assert_eq!(
+        ok(objects(&jmes(&many[1..]))).objects[0].jmes.len(),
+        MAX_JMES_ENTRIES
+    );
+
+    let big = format!(
+        "{}{}",
+        jmes(&["user".into()]),
+        "#".repeat(MAX_OBJECTS_YAML_BYTES)
+    );
+    let (scope, exceeded) = limit(objects(&big));
+    assert_eq!(scope, "parameter objects");
+    assert_eq!(
+        exceeded,
+        Exceeded {
+            limit: Limit::ObjectsBytes,
+            seen: big.len()
+        }
+    );
+
+    // Not a limit but the allow-list: the array-doubling expression never reaches evaluation.
+    let doubling = format!("@{}", "|[@,@][]".repeat(21));
+    let msg = parse(&objects(&jmes(&[doubling])), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.starts_with("object \"db\": jmesPath: entry 0: invalid jmesPath \"@|[@,@][]"),
+        "{msg}"
+    );
+    assert!(msg.contains("(169 bytes)"), "abbreviated: {msg}");
+    assert!(msg.contains("'@' (current node) is not supported"), "{msg}");
+}

@@ -2,7 +2,8 @@
 
 use secrets_store_provider::{FileMode, ObjectVersion, ProviderFile, SecretBytes};
 
-use crate::params::{JmesSpec, ObjectSpec};
+use crate::limits::{SHOWN_PATH_BYTES, shown};
+use crate::params::ObjectSpec;
 
 /// One fetched object value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,18 +31,6 @@ pub enum RenderError {
         /// Where parsing failed.
         column: usize,
     },
-    /// A jmesPath expression does not compile.
-    #[error("object {object:?}: invalid jmesPath {path:?}: {reason}{hint}")]
-    BadExpression {
-        /// objectName.
-        object: String,
-        /// The expression.
-        path: String,
-        /// The compiler's message.
-        reason: String,
-        /// How to fix the common mistake, if it applies.
-        hint: &'static str,
-    },
     /// The expression selects nothing, or something that is not a scalar.
     #[error("object {object:?}: jmesPath {path:?} for objectAlias {alias:?} {reason}")]
     BadResult {
@@ -55,9 +44,6 @@ pub enum RenderError {
         reason: &'static str,
     },
 }
-
-const HYPHEN_HINT: &str = "; keys containing '-' or other special characters must be quoted, \
-     e.g. path: '\"my-key\"' or path: \"\\\"my-key\\\"\"";
 
 /// Renders one object: its own file plus one file per jmesPath entry, each with a version.
 pub fn render_object(
@@ -87,39 +73,33 @@ pub fn render_object(
     Ok((files, versions))
 }
 
-/// Evaluates every jmesPath entry of `spec` against the value.
+/// Evaluates every jmesPath entry of `spec` against the value. The paths were parsed and
+/// bounded when the parameters were validated; each evaluation is one step per key.
 fn extract(spec: &ObjectSpec, value: &FetchedValue) -> Result<Vec<SecretBytes>, RenderError> {
-    // Compile first so a typo is reported even when the value is also bad.
-    let compiled = spec
-        .jmes
-        .iter()
-        .map(|j| compile(&spec.name, j))
-        .collect::<Result<Vec<_>, _>>()?;
     let json: serde_json::Value =
         serde_json::from_slice(value.value.expose()).map_err(|e| RenderError::NotJson {
             object: spec.name.clone(),
             line: e.line(),
             column: e.column(),
         })?;
-    let mut out = Vec::with_capacity(compiled.len());
-    for (entry, expr) in spec.jmes.iter().zip(&compiled) {
+    let mut out = Vec::with_capacity(spec.jmes.len());
+    for entry in &spec.jmes {
         let bad = |reason| RenderError::BadResult {
             object: spec.name.clone(),
-            path: entry.path.clone(),
+            path: shown(&entry.path, SHOWN_PATH_BYTES).into_owned(),
             alias: entry.file_name.clone(),
             reason,
         };
-        let result = expr
-            .search(&json)
-            .map_err(|_| bad("failed to evaluate against the value"))?;
-        let bytes = match &*result {
-            jmespath::Variable::String(s) => s.clone().into_bytes(),
+        let bytes = match entry.key_path.select(&json) {
+            Some(serde_json::Value::String(s)) => s.clone().into_bytes(),
             // Numbers and booleans are written as their JSON text (ASCP refuses them).
-            v @ (jmespath::Variable::Number(_) | jmespath::Variable::Bool(_)) => {
+            Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
                 serde_json::to_vec(v).map_err(|_| bad("could not be serialised"))?
             }
-            jmespath::Variable::Null => return Err(bad("does not point to a valid object")),
-            _ => {
+            None | Some(serde_json::Value::Null) => {
+                return Err(bad("does not point to a valid object"));
+            }
+            Some(_) => {
                 return Err(bad(
                     "selects an object or array; only strings, numbers and booleans can be written",
                 ));
@@ -130,74 +110,12 @@ fn extract(spec: &ObjectSpec, value: &FetchedValue) -> Result<Vec<SecretBytes>, 
     Ok(out)
 }
 
-fn compile(object: &str, entry: &JmesSpec) -> Result<jmespath::Expression<'static>, RenderError> {
-    let bad = |reason: String| RenderError::BadExpression {
-        object: object.to_string(),
-        path: entry.path.clone(),
-        reason,
-        hint: if entry.path.contains('-') && !entry.path.contains('"') {
-            HYPHEN_HINT
-        } else {
-            ""
-        },
-    };
-    let expr = jmespath::compile(&entry.path).map_err(|e| bad(e.reason.to_string()))?;
-    // The interpreter looks functions up only when it reaches them, which a missing key may
-    // never do: check every call now so a typo fails validation, not some later mount.
-    if let Some(name) = unknown_function(expr.as_ast()) {
-        return Err(bad(format!("unknown function {name}()")));
-    }
-    Ok(expr)
-}
-
-/// The first function call in `ast` that the jmesPath runtime does not define.
-fn unknown_function(ast: &jmespath::ast::Ast) -> Option<String> {
-    use jmespath::ast::Ast;
-    let children: Vec<&Ast> = match ast {
-        Ast::Function { name, args, .. } => {
-            if jmespath::DEFAULT_RUNTIME.get_function(name).is_none() {
-                return Some(name.clone());
-            }
-            args.iter().collect()
-        }
-        Ast::Comparison { lhs, rhs, .. }
-        | Ast::Projection { lhs, rhs, .. }
-        | Ast::And { lhs, rhs, .. }
-        | Ast::Or { lhs, rhs, .. }
-        | Ast::Subexpr { lhs, rhs, .. } => vec![lhs, rhs],
-        Ast::Condition {
-            predicate, then, ..
-        } => vec![predicate, then],
-        Ast::Expref { ast, .. } => vec![ast],
-        Ast::Flatten { node, .. } | Ast::Not { node, .. } | Ast::ObjectValues { node, .. } => {
-            vec![node]
-        }
-        Ast::MultiList { elements, .. } => elements.iter().collect(),
-        Ast::MultiHash { elements, .. } => elements.iter().map(|kv| &kv.value).collect(),
-        Ast::Identity { .. }
-        | Ast::Field { .. }
-        | Ast::Index { .. }
-        | Ast::Literal { .. }
-        | Ast::Slice { .. } => Vec::new(),
-    };
-    children.into_iter().find_map(unknown_function)
-}
-
-/// Compiles every jmesPath expression of the objects, so mistakes surface before any fetch.
-pub fn check_expressions(objects: &[ObjectSpec]) -> Result<(), RenderError> {
-    for o in objects {
-        for j in &o.jmes {
-            compile(&o.name, j)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::arn::ObjectKind;
-    use crate::params::VersionSelector;
+    use crate::jmes_path::KeyPath;
+    use crate::params::{JmesSpec, VersionSelector};
 
     fn spec(jmes: &[(&str, &str)]) -> ObjectSpec {
         ObjectSpec {
@@ -210,6 +128,7 @@ mod tests {
                 .iter()
                 .map(|(p, a)| JmesSpec {
                     path: p.to_string(),
+                    key_path: KeyPath::parse(p).unwrap(),
                     file_name: a.to_string(),
                     mode: Some(0o600),
                 })
@@ -308,11 +227,15 @@ mod tests {
             ("a", r#"{"a":{"b":"s3cr3t"}}"#, "selects an object or array"),
             ("a", r#"{"a":["s3cr3t"]}"#, "selects an object or array"),
             (
-                "my-key",
-                r#"{"my-key":"s3cr3t"}"#,
-                "must be quoted, e.g. path: '\"my-key\"'",
+                "a.b",
+                r#"{"a":"s3cr3t"}"#,
+                "does not point to a valid object",
             ),
-            ("a[", r#"{"a":"s3cr3t"}"#, "invalid jmesPath \"a[\""),
+            (
+                "n",
+                r#"{"n":null,"a":"s3cr3t"}"#,
+                "does not point to a valid object",
+            ),
         ];
         for (path, json, want) in cases {
             let err = render_object(&spec(&[(path, "out")]), &value(json), 0o644)
@@ -325,33 +248,15 @@ mod tests {
     }
 
     #[test]
-    fn expressions_are_checked_up_front() {
-        assert!(check_expressions(&[spec(&[("a.b", "x")])]).is_ok());
-        let err = check_expressions(&[spec(&[("a-b", "x")])]).unwrap_err();
-        assert!(err.to_string().contains("must be quoted"), "{err}");
-    }
-
-    #[test]
-    fn unknown_functions_fail_validation_wherever_they_are() {
-        for path in [
-            "nope(@)",
-            "a.nope(@)",
-            "a[?nope(b)].c",
-            "{x: nope(a)}",
-            "length(nope(a))",
-        ] {
-            let err = check_expressions(&[spec(&[(path, "x")])])
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("unknown function nope()"), "{path}: {err}");
-        }
-        for path in [
-            "length(a)",
-            "a[?contains(b, 'x')].c",
-            "to_string(port)",
-            "\"password-value\"",
-        ] {
-            assert!(check_expressions(&[spec(&[(path, "x")])]).is_ok(), "{path}");
-        }
+    fn key_paths_pick_nested_keys_and_array_elements() {
+        let s = spec(&[
+            ("a.b[1]", "second"),
+            ("a.b[-1].c", "last"),
+            ("\"x-y\"", "q"),
+        ]);
+        let v = value(r#"{"a":{"b":["one","two",{"c":7}]},"x-y":"hy"}"#);
+        let (files, _) = render_object(&s, &v, 0o644).unwrap();
+        let got: Vec<String> = contents(&files).into_iter().map(|(_, c, _)| c).collect();
+        assert_eq!(got[1..], ["two", "7", "hy"]);
     }
 }

@@ -18,7 +18,7 @@ use secrets_store_api::labels::DRIVER_NAME;
 use secrets_store_provider::SecretBytes;
 use secrets_store_provider_aws::params::MountParameters;
 use secrets_store_sync::desired::{DesiredSecretError, desired_secret};
-use serde::Deserialize;
+use serde_json::Value;
 
 /// Exit code: the class (and pod) are valid; with `--dry-run`, every object was fetched.
 pub const EXIT_OK: u8 = 0;
@@ -138,7 +138,7 @@ async fn check_inner(args: &CheckArgs) -> Result<Outcome, UsageError> {
             return Ok(out);
         }
     };
-    let classes: Vec<&serde_yaml::Value> = docs
+    let classes: Vec<&Value> = docs
         .iter()
         .filter(|d| kind_of(d) == Some("SecretProviderClass"))
         .collect();
@@ -176,27 +176,36 @@ fn read_text(path: &Path) -> Result<String, UsageError> {
 }
 
 /// The YAML documents of `path`; the inner error is a syntax error (an invalid file, exit 1).
-fn read_docs(path: &Path) -> Result<Result<Vec<serde_yaml::Value>, String>, UsageError> {
+///
+/// The parser is budgeted: anchors and aliases are allowed (kubectl accepts them), but replaying
+/// them may produce at most [`MAX_ALIAS_REPLAY`] events in all, so an alias bomb is an error
+/// rather than gigabytes (the `objects` parameter inside is stricter still: see the AWS
+/// provider's `limits`).
+fn read_docs(path: &Path) -> Result<Result<Vec<Value>, String>, UsageError> {
     let text = read_text(path)?;
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => {}
-            Ok(v) => docs.push(v),
-            Err(e) => return Ok(Err(e.to_string())),
-        }
+    let options = serde_saphyr::options! {
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_ALIAS_REPLAY,
+        },
+        with_snippet: false,
+    };
+    match serde_saphyr::from_multiple_with_options::<Value>(&text, options) {
+        Ok(docs) => Ok(Ok(docs.into_iter().filter(|d| !d.is_null()).collect())),
+        Err(e) => Ok(Err(e.to_string())),
     }
-    Ok(Ok(docs))
 }
 
-fn kind_of(doc: &serde_yaml::Value) -> Option<&str> {
-    doc.get("kind").and_then(serde_yaml::Value::as_str)
+/// Events that alias replay may add to a manifest: far more than any manifest needs.
+const MAX_ALIAS_REPLAY: usize = 100_000;
+
+fn kind_of(doc: &Value) -> Option<&str> {
+    doc.get("kind").and_then(Value::as_str)
 }
 
-fn str_at<'a>(doc: &'a serde_yaml::Value, path: &[&str]) -> Option<&'a str> {
+fn str_at<'a>(doc: &'a Value, path: &[&str]) -> Option<&'a str> {
     path.iter()
         .try_fold(doc, |v, k| v.get(*k))
-        .and_then(serde_yaml::Value::as_str)
+        .and_then(Value::as_str)
 }
 
 /// A pod, or the pod template of a workload.
@@ -240,7 +249,7 @@ fn read_workload(path: &Path, out: &mut Outcome) -> Result<Workload, UsageError>
     let name = str_at(doc, &["metadata", "name"])
         .unwrap_or("unnamed")
         .to_string();
-    let spec = serde_yaml::from_value::<PodSpec>(raw).unwrap_or_else(|e| {
+    let spec = serde_json::from_value::<PodSpec>(raw).unwrap_or_else(|e| {
         out.problem(format!("{kind}/{name}: invalid pod spec: {e}"));
         PodSpec::default()
     });
@@ -254,12 +263,12 @@ fn read_workload(path: &Path, out: &mut Outcome) -> Result<Workload, UsageError>
 
 async fn check_class(
     args: &CheckArgs,
-    doc: &serde_yaml::Value,
+    doc: &Value,
     workload: Option<&Workload>,
     out: &mut Outcome,
 ) {
     let api_version = str_at(doc, &["apiVersion"]).unwrap_or_default();
-    let spc: SecretProviderClass = match serde_yaml::from_value(doc.clone()) {
+    let spc: SecretProviderClass = match serde_json::from_value(doc.clone()) {
         Ok(spc) => spc,
         Err(e) => {
             out.problem(format!(

@@ -337,14 +337,22 @@ pub fn run(t: &mut Tally) {
         &["object \"o0\"", "duplicate object name"],
     );
     // Longer lists are refused before any object is looked at: they cannot fit one volume.
-    for n in [1_001usize, 5_000, 20_000] {
+    // Past 64 KiB of text the YAML is not even parsed.
+    for (n, needle) in [
+        (
+            1_001usize,
+            "lists 1001 objects; the limit is 1000 per class",
+        ),
+        (5_000, "bytes; the limit is 65536 bytes"),
+        (20_000, "bytes; the limit is 65536 bytes"),
+    ] {
         let yaml: String = (0..n).map(|i| obj(&format!("o{i}"), "")).collect();
         reject(
             t,
             format!("huge/{n}-objects"),
             attrs(&[], &yaml),
             Some(REGION),
-            &["parameter objects", &format!("lists {n} objects")],
+            &["parameter objects", needle],
         );
     }
 }
