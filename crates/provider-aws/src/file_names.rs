@@ -31,6 +31,10 @@ pub fn file_name(name_or_alias: &str, translation: PathTranslation) -> String {
     }
 }
 
+/// Most components a file name may have: the driver refuses deeper paths (its
+/// `writer::MAX_PATH_DEPTH`), so the provider refuses them while validating, naming the object.
+pub const MAX_FILE_DEPTH: usize = 16;
+
 /// Rejects file names that could escape the volume or are not a file name at all.
 pub fn check_file_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
@@ -41,6 +45,12 @@ pub fn check_file_name(name: &str) -> Result<(), String> {
     }
     if name.len() > 4096 {
         return Err("file name is longer than 4096 bytes".into());
+    }
+    if name.split('/').nth(MAX_FILE_DEPTH).is_some() {
+        return Err(format!(
+            "path {:?} has more than {MAX_FILE_DEPTH} components",
+            crate::limits::shown(name, crate::limits::SHOWN_NAME_BYTES)
+        ));
     }
     for component in name.split('/') {
         match component {

@@ -208,6 +208,11 @@ fn file_name_checks() {
     for good in ["a", "a.b", "a..b", ".hidden", "dir/file", "x y"] {
         assert!(check_file_name(good).is_ok(), "{good:?} refused");
     }
+    // As deep as the driver writes, and no deeper.
+    let deepest = ["d"; crate::file_names::MAX_FILE_DEPTH].join("/");
+    assert_eq!(check_file_name(&deepest), Ok(()));
+    let e = check_file_name(&format!("{deepest}/e")).unwrap_err();
+    assert!(e.contains("has more than 16 components"), "{e}");
 }
 
 /// Fuzz-style robustness: random combinations of fields and hostile values never panic, and
