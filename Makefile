@@ -55,16 +55,18 @@ deny:
 
 ## fuzz: run every cargo-fuzz target for FUZZ_SECONDS each (nightly; see fuzz/README.md).
 ## New inputs go to fuzz/target/corpus/<target>; the committed seeds in fuzz/corpus/<target> are
-## only read (make test replays them on stable).
+## only read (make test replays them on stable). FUZZ_MAX_LEN is twice the largest input limit
+## (the AWS provider's 64 KiB `objects` cap), so inputs reach every limit and go past it.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= objects volume_context paths
+FUZZ_TARGETS ?= objects objects_yaml jmes_path volume_context paths
+FUZZ_MAX_LEN ?= 131072
 fuzz:
 	bash hack/tools.sh cargo-fuzz
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p fuzz/target/corpus/$$t; \
 	  PATH="$(SECRETS_STORE_TOOLS_BIN):$$PATH" $(CARGO) +nightly fuzz run --fuzz-dir fuzz $$t \
 	    fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
-	    -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=4096; \
+	    -max_total_time=$(FUZZ_SECONDS) -max_len=$(FUZZ_MAX_LEN) -timeout=10 -rss_limit_mb=4096; \
 	done
 
 ## soak: the fault suite with long counts (1,000 SIGKILL-interrupted rotations, a 60 s AWS outage);

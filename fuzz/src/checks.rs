@@ -17,6 +17,8 @@ use secrets_store_driver::volume_context::{
 use secrets_store_driver::writer::{AtomicWriter, MAX_ELEMENT_LEN, MAX_PATH_LEN, validate_path};
 use secrets_store_provider::{ProviderFile, SecretBytes};
 use secrets_store_provider_aws::identity::{IRSA_AUDIENCE, token_for};
+use secrets_store_provider_aws::jmes_path::{KeyPath, KeyPathError, Step};
+use secrets_store_provider_aws::limits::{Limit, MAX_JMES_PATH_BYTES};
 use secrets_store_provider_aws::params::{self, MountParameters};
 use secrets_store_provider_aws::render::{self, FetchedValue};
 
@@ -100,12 +102,7 @@ pub fn check_parameters(attrs: &BTreeMap<String, String>) -> Result<MountParamet
             Err(e.to_string())
         }
         (Err(e), Ok(_)) => panic!("validate() accepted what parse() rejected: {e}"),
-        (Ok(_), Err(o)) => {
-            // Only jmesPath compilation is checked on top of parse().
-            assert!(o.message.contains("jmesPath"), "{}", o.message);
-            assert_error_names_something(&o.message);
-            Err(o.message.clone())
-        }
+        (Ok(_), Err(o)) => panic!("validate() rejected what parse() accepted: {}", o.message),
         (Ok(p), Ok(v)) => {
             assert_eq!(p, v);
             assert_valid_parameters(p);
@@ -184,6 +181,99 @@ fn assert_valid_parameters(p: &MountParameters) {
             "writer rejected accepted names: {msg}"
         );
     }
+}
+
+/// Fuzz target `objects_yaml`: the whole input is the `objects` YAML (region `us-east-1`).
+/// Besides the `objects` invariants: nothing is expanded. Without anchors and aliases (which are
+/// refused) YAML can only shrink text (escapes, folding, indentation), so the strings of an
+/// accepted list add up to no more than the input; an alias bomb that got through would not.
+pub fn check_objects_yaml(data: &[u8]) {
+    let Ok(yaml) = std::str::from_utf8(data) else {
+        return;
+    };
+    let attrs = BTreeMap::from([("objects".to_string(), yaml.to_string())]);
+    let Ok(p) = check_parameters(&attrs) else {
+        return;
+    };
+    let text: usize = p
+        .objects
+        .iter()
+        .map(|o| {
+            let version = |s: &params::VersionSelector| {
+                s.version.as_ref().map_or(0, String::len) + s.label.as_ref().map_or(0, String::len)
+            };
+            o.name.len()
+                + version(&o.selector)
+                + o.jmes.iter().map(|j| j.path.len()).sum::<usize>()
+                + o.failover
+                    .as_ref()
+                    .map_or(0, |f| f.name.len() + version(&f.selector))
+        })
+        .sum();
+    assert!(
+        text <= yaml.len(),
+        "{} bytes of YAML gave {text} bytes of strings",
+        yaml.len()
+    );
+}
+
+/// Fuzz target `jmes_path`: one jmesPath expression. Invariants: no panic; the length and
+/// nesting limits are reported with the size seen; any other refusal says what is supported
+/// and stays short; an accepted path is within the limits, has at least one step, reads back
+/// the same from its canonical spelling, and evaluates without panicking.
+pub fn check_jmes_path(data: &[u8]) {
+    let Ok(expr) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = check_jmes_path_text(expr);
+}
+
+/// The invariants of [`check_jmes_path`] for one expression; returns the parse result.
+pub fn check_jmes_path_text(expr: &str) -> Result<KeyPath, KeyPathError> {
+    let parsed = KeyPath::parse(expr);
+    match &parsed {
+        Ok(path) => {
+            assert!(expr.len() <= MAX_JMES_PATH_BYTES);
+            assert!(!path.steps().is_empty(), "{expr:?} parsed to no steps");
+            let canonical = canonical(path.steps());
+            if canonical.len() <= MAX_JMES_PATH_BYTES {
+                let again = KeyPath::parse(&canonical)
+                    .unwrap_or_else(|e| panic!("{canonical:?} (from {expr:?}): {e}"));
+                assert_eq!(again.steps(), path.steps(), "{expr:?} vs {canonical:?}");
+            }
+            let sample = serde_json::json!({"a": {"b": [1, "x", {"c": true}]}, "my-key": "v"});
+            let _ = path.select(&sample);
+        }
+        Err(KeyPathError::Limit(e)) => {
+            assert!(e.seen > e.limit.max(), "{e}");
+            if e.limit == Limit::JmesPathBytes {
+                assert_eq!(e.seen, expr.len());
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("jmesPath supports key paths"), "{msg}");
+            assert!(msg.len() < 1024, "the error echoes too much: {msg}");
+        }
+    }
+    parsed
+}
+
+/// A key path written back as JMESPath: every key quoted, indexes in brackets.
+fn canonical(steps: &[Step]) -> String {
+    let mut out = String::new();
+    for step in steps {
+        match step {
+            Step::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&serde_json::to_string(k).expect("a string serialises"));
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
 }
 
 /// A decoded volume-context input.

@@ -52,6 +52,16 @@ fn objects_corpus() {
 }
 
 #[test]
+fn objects_yaml_corpus() {
+    replay("objects_yaml", checks::check_objects_yaml);
+}
+
+#[test]
+fn jmes_path_corpus() {
+    replay("jmes_path", checks::check_jmes_path);
+}
+
+#[test]
 fn volume_context_corpus() {
     replay("volume_context", checks::check_volume_context);
 }
@@ -83,6 +93,82 @@ fn hostile_seeds_stay_rejected() {
     ] {
         let attrs = checks::decode_objects_input(&read("objects", seed)).unwrap();
         assert!(checks::check_parameters(&attrs).is_err(), "{seed} accepted");
+    }
+    // The seeds for issue 13's inputs are refused for the right reason.
+    for (target, seed, why) in [
+        (
+            "objects",
+            "billion-laughs",
+            "anchors and aliases (&name, *name) are not supported",
+        ),
+        ("objects", "jmes-bangs-nesting", "path nests 40 levels deep"),
+        (
+            "objects",
+            "jmes-parens-nesting",
+            "path nests 40 levels deep",
+        ),
+        (
+            "objects",
+            "jmes-doubling",
+            "'@' (current node) is not supported",
+        ),
+        ("objects_yaml", "billion-laughs", "anchors and aliases"),
+        ("objects_yaml", "alias-storage-bomb", "anchors and aliases"),
+        ("objects_yaml", "one-alias", "anchors and aliases"),
+        ("objects_yaml", "anchor-unused", "anchors and aliases"),
+        (
+            "objects_yaml",
+            "two-documents",
+            "more than one YAML document",
+        ),
+    ] {
+        let attrs = checks::decode_objects_input(&read(target, seed)).unwrap();
+        let err = checks::check_parameters(&attrs).expect_err(seed);
+        assert!(err.contains(why), "{target}/{seed}: {err}");
+    }
+    for seed in [
+        "quoted-star-amp",
+        "merge-key",
+        "flow-and-block",
+        "escapes-and-folding",
+        "tags",
+        "nulls-and-numbers",
+        "deep-unknown-field",
+        "valid-basic",
+    ] {
+        let attrs = checks::decode_objects_input(&read("objects_yaml", seed)).unwrap();
+        checks::check_parameters(&attrs).unwrap_or_else(|e| panic!("objects_yaml/{seed}: {e}"));
+    }
+    let jmes = |seed: &str| {
+        let text = String::from_utf8(read("jmes_path", seed)).unwrap();
+        checks::check_jmes_path_text(&text).map_err(|e| e.to_string())
+    };
+    for seed in [
+        "key",
+        "sub-keys",
+        "quoted-hyphen",
+        "quoted-escapes",
+        "index-negative",
+        "root-index",
+        "whitespace",
+        "long-key-at-limit",
+    ] {
+        jmes(seed).unwrap_or_else(|e| panic!("jmes_path/{seed}: {e}"));
+    }
+    for (seed, why) in [
+        (
+            "bangs-over-length",
+            "path is 5000 bytes; the limit is 4096 bytes",
+        ),
+        ("bangs-nesting", "path nests 4000 levels deep"),
+        ("parens-2047", "path nests 2047 levels deep"),
+        ("not-paren-alternating", "path nests 34 levels deep"),
+        ("doubling", "'@' (current node) is not supported"),
+        ("function", "(functions and grouping) is not supported"),
+        ("unquoted-hyphen", "must be quoted"),
+    ] {
+        let err = jmes(seed).expect_err(seed);
+        assert!(err.contains(why), "jmes_path/{seed}: {err}");
     }
     for seed in ["valid-basic", "valid-jmes-hyphen-quoted", "unicode-names"] {
         let attrs = checks::decode_objects_input(&read("objects", seed)).unwrap();
