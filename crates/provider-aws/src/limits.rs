@@ -18,6 +18,10 @@ use std::borrow::Cow;
 /// never sees more.
 pub const MAX_OBJECTS_YAML_BYTES: usize = 64 * 1024;
 
+/// Nesting depth of the `objects` YAML. An object list needs 4 levels (list, object, jmesPath
+/// list, entry); the rest leaves room for unknown fields, which ASCP ignores.
+pub const MAX_OBJECTS_YAML_DEPTH: usize = 32;
+
 /// Objects per class: each may be up to 64 KiB, and they share one small tmpfs.
 pub const MAX_OBJECTS: usize = 1000;
 
@@ -55,6 +59,8 @@ pub fn shown(text: &str, max: usize) -> Cow<'_, str> {
 pub enum Limit {
     /// [`MAX_OBJECTS_YAML_BYTES`].
     ObjectsBytes,
+    /// [`MAX_OBJECTS_YAML_DEPTH`].
+    ObjectsDepth,
     /// [`MAX_OBJECTS`].
     Objects,
     /// [`MAX_JMES_ENTRIES`].
@@ -70,6 +76,7 @@ impl Limit {
     pub const fn max(self) -> usize {
         match self {
             Self::ObjectsBytes => MAX_OBJECTS_YAML_BYTES,
+            Self::ObjectsDepth => MAX_OBJECTS_YAML_DEPTH,
             Self::Objects => MAX_OBJECTS,
             Self::JmesEntries => MAX_JMES_ENTRIES,
             Self::JmesPathBytes => MAX_JMES_PATH_BYTES,
@@ -101,6 +108,7 @@ fn describe(limit: Limit, seen: usize) -> String {
     let max = limit.max();
     match limit {
         Limit::ObjectsBytes => format!("is {seen} bytes; the limit is {max} bytes"),
+        Limit::ObjectsDepth => format!("nests {seen} levels deep; the limit is {max}"),
         Limit::Objects => format!("lists {seen} objects; the limit is {max} per class"),
         Limit::JmesEntries => format!("lists {seen} entries; the limit is {max} per object"),
         Limit::JmesPathBytes => format!("path is {seen} bytes; the limit is {max} bytes"),
@@ -128,6 +136,7 @@ mod tests {
     fn each_limit_allows_its_maximum_and_names_the_size_above_it() {
         for limit in [
             Limit::ObjectsBytes,
+            Limit::ObjectsDepth,
             Limit::Objects,
             Limit::JmesEntries,
             Limit::JmesPathBytes,

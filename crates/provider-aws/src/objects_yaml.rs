@@ -5,15 +5,16 @@
 //! anchor), and a parser that expands them does so before anything here could look at the
 //! result. So the text is capped first ([`crate::limits::MAX_OBJECTS_YAML_BYTES`]), and then
 //! parsed by `serde-saphyr` with a budget that refuses every anchor and alias (no class needs
-//! them: ASCP's examples write each object out) and more than one document; its parser is
-//! iterative and bounds nesting depth itself, so nothing here recurses per input level.
+//! them: ASCP's examples write each object out), more than one document, and nesting deeper
+//! than [`crate::limits::MAX_OBJECTS_YAML_DEPTH`] (checked as the parser's events stream in,
+//! before deserialization recurses into a level; the parser itself does not recurse).
 //! Quoted text is never mistaken for an anchor: `'&x'` and `"a*b"` are plain strings.
 
 use serde::Deserialize;
 use serde_saphyr::MergeKeyPolicy;
 use serde_saphyr::budget::BudgetBreach;
 
-use crate::limits::Limit;
+use crate::limits::{Exceeded, Limit, MAX_OBJECTS_YAML_DEPTH};
 use crate::params::ParamError;
 
 /// The `objects` YAML as ASCP accepts it. Unknown fields are ignored, as ASCP does.
@@ -48,10 +49,6 @@ pub(crate) struct RawFailover {
     pub(crate) object_version_label: String,
 }
 
-/// Structure deeper than this is refused; an object list needs 4 levels (list, object,
-/// jmesPath list, entry), the rest leaves room for unknown fields ASCP ignores.
-const MAX_YAML_DEPTH: usize = 32;
-
 /// Parses the `objects` text (already known to be non-empty) into at most
 /// [`crate::limits::MAX_OBJECTS`] raw objects.
 pub(crate) fn parse_objects(yaml: &str) -> Result<Vec<RawObject>, ParamError> {
@@ -65,7 +62,7 @@ pub(crate) fn parse_objects(yaml: &str) -> Result<Vec<RawObject>, ParamError> {
             max_anchors: 0,
             max_aliases: 0,
             max_documents: 1,
-            max_depth: MAX_YAML_DEPTH,
+            max_depth: MAX_OBJECTS_YAML_DEPTH,
         },
         // What serde_yaml, the parser before this one, did: `<<` is an ordinary (ignored) key,
         // `!!binary` text stays text, `~`/`null` in a string field stay as written.
@@ -76,7 +73,16 @@ pub(crate) fn parse_objects(yaml: &str) -> Result<Vec<RawObject>, ParamError> {
         with_snippet: false,
     };
     let raw = serde_saphyr::from_str_with_options::<Option<Vec<RawObject>>>(yaml, options)
-        .map_err(|e| ParamError::ObjectsYaml(yaml_message(&e)))?
+        .map_err(|e| match e.without_snippet() {
+            serde_saphyr::Error::Budget {
+                breach: BudgetBreach::Depth { depth },
+                ..
+            } => limit(Exceeded {
+                limit: Limit::ObjectsDepth,
+                seen: *depth,
+            }),
+            _ => ParamError::ObjectsYaml(yaml_message(&e)),
+        })?
         .unwrap_or_default();
     Limit::Objects.check(raw.len()).map_err(limit)?;
     Ok(raw)
@@ -95,9 +101,6 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
             ),
             BudgetBreach::Documents { .. } => {
                 format!("holds more than one YAML document (---){at}")
-            }
-            BudgetBreach::Depth { depth } => {
-                format!("nests {depth} levels deep; the limit is {MAX_YAML_DEPTH}{at}")
             }
             other => format!("over the YAML parser's budget: {other:?}{at}"),
         },
@@ -228,9 +231,20 @@ mod tests {
             "[".repeat(40),
             "]".repeat(40)
         );
-        assert!(err(&deep).contains("the limit is 32"), "{deep}");
-        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
-        assert!(err(&deep).starts_with("parameter objects: invalid YAML"));
+        assert_eq!(
+            err(&deep),
+            "parameter objects: nests 33 levels deep; the limit is 32"
+        );
+        // Past 255 open flow collections the parser's own scanner limit answers first.
+        let deep = format!(
+            "- objectName: a\n  x: {}{}\n",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert_eq!(
+            err(&deep),
+            "parameter objects: invalid YAML: recursion limit exceeded at line 2, column 261"
+        );
         for yaml in [
             "- objectName: \"db\n",
             "- objectName: db\n\tobjectType: x\n",
