@@ -31,9 +31,15 @@ crds:
 	$(CARGO) run -q -p secrets-store -- crds --out-dir deploy/crds
 	$(CARGO) run -q -p secrets-store -- crds --out-dir charts/secrets-store-rs/crds
 
-## demo: the seed walk-through end to end on a local cluster, then tear it down
-demo: tools
-	$(CARGO) build -q -p secrets-store --locked
+## demo: the seed walk-through end to end on a real node (kubelet + containerd + runc) on this
+## machine, then tear it down. Needs root. Builds only the tools it needs (not `make tools`' test-only
+## csi-sanity, cargo-deny, upstream driver); `hack/tools.sh` prints `==> building ...` for each.
+DEMO_TOOLS := moto etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl helm node-packages
+demo:
+	@echo "==> make demo: a first run builds the pinned Kubernetes tools from source into $(SECRETS_STORE_CACHE)" \
+	  "(kube-apiserver, kubelet, etcd, helm, ...: about 13 min on 2 cores) and the Rust workspace; later runs skip both." >&2
+	bash hack/tools.sh $(DEMO_TOOLS)
+	$(CARGO) build -p secrets-store --bin secrets-store --example demo --locked
 	$(CARGO) run -q -p secrets-store --example demo --locked
 
 ## images: pause, nginx stand-in and secrets-store images as `docker save` tarballs in

@@ -1,320 +1,894 @@
-//! `make demo`: the seed walk-through ("Sync AWS Secrets Manager to Kubernetes Secrets") end to
-//! end on this machine. A real kube-apiserver, kube-controller-manager and etcd, moto standing in
-//! for AWS, our Helm chart installed with `helm`, the chart's DaemonSet container running as a
-//! local process for the one node, and a kubelet simulator mounting the pods' volumes.
+//! `make demo`: the walk-through "Sync AWS Secrets Manager to Kubernetes Secrets"
+//! (`examples/seed/`) end to end on a real node on this machine, then everything torn down.
+//!
+//! The node is testenv's `RealNode`: kubelet v1.35, containerd and runc with a CNI bridge,
+//! registered with a local control plane (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler). Our chart is installed with the real `helm`, the agent runs from its own
+//! image as the chart's DaemonSet pod and registers with kubelet, the seed's manifests go in
+//! with the real `kubectl`, and kubelet mounts the pods' volumes through the agent. AWS is moto.
+//!
+//! Every `$ ` line printed is a command that ran, followed by its real output. Lines starting
+//! with `# aws`/`# eksctl` are the walk-through's AWS commands, done here with the AWS SDK
+//! against moto. The demo prints the demo secret's value, as the walk-through does; the agent
+//! never logs it.
+//!
+//! Needs root (kubelet, containerd, tmpfs mounts) and the tools `make demo` builds first. A
+//! failure, a panic or Ctrl-C tears the node down and restores the host all the same.
 
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use kube::api::{Api, DeleteParams, ListParams, PostParams, PropagationPolicy};
-use secrets_store_api::crd::SecretProviderClass;
-use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
-use secrets_store_testenv::{Cluster, eventually, node_agent};
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use secrets_store_testenv::real_node::{
+    AgentChart, AgentRelease, HostSnapshot, RealNode, RealNodeConfig, mounts_under,
+};
+use secrets_store_testenv::{AccountId, Cluster, seed};
 
-const RELEASE: &str = "secrets-store";
-/// How long each step may take to converge.
-const CONVERGE: Duration = Duration::from_secs(120);
-const DEPLOYMENT: &str = "csi-secret-driver-test-nginx-deployment";
+const STEPS: u32 = 11;
+/// How long one thing may take to converge before the demo gives up.
+const WAIT: Duration = Duration::from_secs(120);
+/// kubelet's `syncFrequency`: how often it republishes CSI volumes (`requiresRepublish`).
+const KUBELET_SYNC: Duration = Duration::from_secs(10);
+/// The chart's `rotationPollInterval`: how often the agent re-reads AWS for a mounted volume.
+const ROTATION_POLL: &str = "5s";
+const SECRET_FILE: &str = "/mnt/secrets-store/CSI-driver-test-secret";
+const ROLLOUT_ANNOTATION: &str = "secrets-store.csi.x-k8s.io/rollout-on-secret-change";
 
-fn step(n: u32, text: &str) {
-    println!("\n\x1b[1m[{n}/9] {text}\x1b[0m");
+fn color() -> bool {
+    static COLOR: OnceLock<bool> = OnceLock::new();
+    *COLOR.get_or_init(|| std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+}
+
+fn paint(code: &str, text: &str) -> String {
+    if color() {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
+/// A command line as it was run.
+fn show(cmd: &str) {
+    println!("{}", paint("1;36", &format!("$ {cmd}")));
+}
+
+/// A remark between commands.
+fn note(text: &str) {
+    println!("{}", paint("2", &format!("# {text}")));
+}
+
+/// Prints a command's output as a terminal would.
+fn echo(out: &str) {
+    if !out.is_empty() {
+        print!("{out}");
+        if !out.ends_with('\n') {
+            println!();
+        }
+    }
+}
+
+/// Shell-quotes `arg` where a shell needs it, so printed command lines can be pasted.
+fn quote(arg: &str) -> Cow<'_, str> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
+        Cow::Borrowed(arg)
+    } else {
+        Cow::Owned(format!("'{}'", arg.replace('\'', r"'\''")))
+    }
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    dir.canonicalize().unwrap_or(dir)
 }
 
-fn seed(name: &str) -> String {
-    std::fs::read_to_string(repo().join("examples/seed").join(name)).expect("examples/seed file")
+/// `path` relative to the repository (where `make demo` runs), for printing.
+fn shown_path(path: &Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    path.strip_prefix(repo())
+        .unwrap_or(&path)
+        .display()
+        .to_string()
 }
 
-fn helm(cluster: &Cluster, args: &[&str]) {
-    let out = Command::new(secrets_store_testenv::tool("helm"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig_path())
-        .output()
-        .expect("running helm");
-    assert!(
-        out.status.success(),
-        "helm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+/// Numbered steps with their durations.
+struct Steps {
+    n: u32,
+    current: Option<Instant>,
+}
+
+impl Steps {
+    fn start(&mut self, text: &str) {
+        self.end();
+        self.n += 1;
+        println!("\n{}", paint("1", &format!("[{}/{STEPS}] {text}", self.n)));
+        self.current = Some(Instant::now());
+    }
+
+    fn end(&mut self) {
+        if let Some(started) = self.current.take() {
+            println!(
+                "{}",
+                paint(
+                    "2",
+                    &format!(
+                        "    step {}/{STEPS} took {:.1} s",
+                        self.n,
+                        started.elapsed().as_secs_f64()
+                    )
+                )
+            );
+        }
+    }
+}
+
+/// The agent binary `make demo` built: `target/<profile>/secrets-store`, next to `examples/`.
+fn agent_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the demo binary")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the demo binary is not in target/<profile>/examples")?;
+    let binary = profile_dir.join("secrets-store");
+    ensure!(
+        binary.is_file(),
+        "{} is missing: run `cargo build -p secrets-store` first (make demo does)",
+        binary.display()
     );
-}
-
-async fn running_pods(pods: &Api<Pod>, n: usize) -> Vec<Pod> {
-    eventually(CONVERGE, &format!("{n} running pods"), || async {
-        let all = pods.list(&ListParams::default()).await.ok()?.items;
-        let running: Vec<Pod> = all
-            .iter()
-            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-            .cloned()
-            .collect();
-        (all.len() == n && running.len() == n).then_some(running)
-    })
-    .await
-}
-
-async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Option<String> {
-    let secret = secrets.get_opt(name).await.ok()??;
-    let bytes = secret.data?.get(key)?.0.clone();
-    String::from_utf8(bytes).ok()
+    Ok(binary)
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> ExitCode {
     let started = Instant::now();
-    let binary = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("secrets-store");
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build -p secrets-store` first",
-        binary.display()
+    println!(
+        "{}",
+        paint(
+            "1",
+            "make demo: the walk-through \"Sync AWS Secrets Manager to Kubernetes Secrets\" on a real node"
+        )
     );
+    println!(
+        "kubelet + containerd + runc on this machine, our chart installed with helm, the seed's manifests\n\
+         applied with kubectl, AWS played by moto; everything is torn down at the end. With the tools\n\
+         built (make demo builds them first: ~13 min on 2 cores the first time) this takes about 30-40 s.\n\
+         `$ ` lines ran as shown (kubectl and helm use the cluster's admin kubeconfig, see step 1);\n\
+         `# aws ...` lines are done with the AWS SDK against moto."
+    );
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "make demo needs root: it runs kubelet and containerd and mounts tmpfs volumes (try `sudo make demo`)"
+        );
+        return ExitCode::FAILURE;
+    }
+    let binary = match agent_binary() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut steps = Steps {
+        n: 0,
+        current: None,
+    };
+    // Ctrl-C drops the demo future: the node's Drop tears it down and restores the host.
+    let result = tokio::select! {
+        result = run(&mut steps, binary) => result,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\ninterrupted: the node was torn down");
+            return ExitCode::from(130);
+        }
+    };
+    match result {
+        Ok(()) => {
+            steps.end();
+            println!(
+                "\n{}",
+                paint(
+                    "1;32",
+                    &format!(
+                        "make demo passed in {:.0} s: the walk-through ran on a real kubelet and the host was left as found.",
+                        started.elapsed().as_secs_f64()
+                    )
+                )
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "\n{}\n",
+                paint(
+                    "1;31",
+                    &format!(
+                        "make demo FAILED in step {}/{STEPS} after {:.0} s: {e:#}",
+                        steps.n,
+                        started.elapsed().as_secs_f64()
+                    )
+                )
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
 
-    step(
-        1,
-        "Starting a local cluster: etcd, kube-apiserver, kube-controller-manager, moto (AWS emulator)",
+async fn run(steps: &mut Steps, binary: PathBuf) -> Result<()> {
+    steps.start(
+        "A local control plane: etcd, kube-apiserver, kube-controller-manager, moto (AWS emulator)",
     );
     let cluster = Cluster::shared();
-    let client = cluster.client();
-    println!(
-        "apiserver {}  moto {}",
+    // A panic anywhere below prints every component's log tail (the node tears down first).
+    let _logs = cluster.dump_logs_on_panic();
+    note(&format!(
+        "apiserver {}, moto {}, component logs in {}",
         cluster.server_url(),
-        cluster.moto().endpoint()
-    );
-    let account = cluster.moto().new_account();
-    let agent_ns = cluster.new_namespace("secrets-store-system").await;
-    let ns = cluster.new_namespace("demo").await;
+        cluster.moto().endpoint(),
+        cluster.log_dir().display()
+    ));
+    show(&format!(
+        "export KUBECONFIG={}",
+        quote(&cluster.kubeconfig_path().display().to_string())
+    ));
 
-    step(
-        2,
-        "aws secretsmanager create-secret --name CSI-driver-test-secret --secret-string secretkey",
+    steps.start(
+        "A real node: containerd + runc + CNI bridge, kubelet, kube-scheduler; images imported without a registry",
     );
-    let sm = cluster.moto().sm_client(&account);
-    let created = sm
-        .create_secret()
-        .name("CSI-driver-test-secret")
-        .secret_string("secretkey")
-        .send()
-        .await
-        .unwrap();
-    println!("ARN {}", created.arn().unwrap_or_default());
-    let iam = cluster.moto().iam_client(&account);
-    let policy = iam
-        .create_policy()
-        .policy_name("deployment-policy")
-        .policy_document(seed("policy.json").replace("SECRET_ARN", created.arn().unwrap()))
-        .send()
-        .await
-        .unwrap();
-    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Federated":"oidc"},"Action":"sts:AssumeRoleWithWebIdentity"}]}"#;
-    let role = iam
-        .create_role()
-        .role_name("nginx-deployment-role")
-        .assume_role_policy_document(trust)
-        .send()
-        .await
-        .unwrap();
-    let role_arn = role.role().unwrap().arn().to_string();
-    iam.attach_role_policy()
-        .role_name("nginx-deployment-role")
-        .policy_arn(policy.policy().unwrap().arn().unwrap())
-        .send()
-        .await
-        .unwrap();
-    println!("IAM policy deployment-policy attached to {role_arn}");
-
-    step(
-        3,
-        "helm install secrets-store charts/secrets-store-rs --set syncSecret.enabled=true (one chart instead of two)",
+    let config = RealNodeConfig {
+        agent_binary: Some(binary),
+        sync_frequency: KUBELET_SYNC,
+        ..RealNodeConfig::default()
+    };
+    note(
+        "images (hack/images.sh): the pause image, a busybox-httpd stand-in tagged nginx:1.14.2 (no registry here), \
+         and localhost/secrets-store-rs:dev packaging target/<profile>/secrets-store",
     );
-    let chart = repo().join("charts/secrets-store-rs");
-    helm(
+    let node = match RealNode::start(cluster, config).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("{}", cluster.log_tails(30));
+            bail!("starting the real node: {e}");
+        }
+    };
+    let demo = Demo {
         cluster,
-        &[
-            "install",
-            RELEASE,
-            chart.to_str().unwrap(),
-            "--namespace",
-            &agent_ns,
-            "--set",
-            "syncSecret.enabled=true,enableSecretRotation=true,rotationPollInterval=2s",
-        ],
-    );
-    let ds = Api::<DaemonSet>::namespaced(client.clone(), &agent_ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .next()
-        .expect("the chart's DaemonSet");
-    let containers = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|s| s.containers.len());
-    println!(
-        "DaemonSet {} with {} container(s); starting it as this node's process",
-        ds.metadata.name.clone().unwrap(),
-        containers.unwrap_or(0)
-    );
-    let node = tempfile::tempdir().unwrap();
-    let local = node_agent::daemonset_command(cluster, &ds, &agent_ns, &binary, node.path())
-        .expect("agent command");
-    let agent = cluster
-        .spawn("demo-agent", local.command)
-        .expect("starting the agent");
-    let mut config = KubeletConfig::new(cluster.node_name(), &local.kubelet_root, &ns);
-    config.republish_period = Duration::from_secs(1);
-    let mut kubelet = KubeletSim::start(client.clone(), config);
-
-    step(
-        4,
-        "kubectl apply -f examples/seed/ (ServiceAccount with the IRSA annotation, SecretProviderClass, Deployment)",
-    );
-    let pp = PostParams::default();
-    let sa: ServiceAccount =
-        serde_yaml::from_str(&seed("serviceaccount.yaml").replace("ROLE_ARN", &role_arn)).unwrap();
-    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
-        .create(&pp, &sa)
-        .await
-        .unwrap();
-    let spc: SecretProviderClass = serde_yaml::from_str(&seed("secretproviderclass.yaml")).unwrap();
-    Api::<SecretProviderClass>::namespaced(client.clone(), &ns)
-        .create(&pp, &spc)
-        .await
-        .unwrap();
-    let mut deploy: Deployment = serde_yaml::from_str(&seed("test-nginx.yaml")).unwrap();
-    // The one addition to the walk-through: opt in to a rolling restart when the Secret rotates.
-    deploy.metadata.annotations = Some(
-        [(
-            "secrets-store.csi.x-k8s.io/rollout-on-secret-change".to_string(),
-            "true".to_string(),
-        )]
-        .into(),
-    );
-    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
-    deployments.create(&pp, &deploy).await.unwrap();
-
-    step(
-        5,
-        "Waiting for 3 pods (kubelet mounts each volume through the CSI driver)",
-    );
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let running = running_pods(&pods, 3).await;
-    for pod in &running {
-        let target =
-            kubelet.target_path(pod.metadata.uid.as_deref().unwrap(), "secrets-store-inline");
-        let file = std::fs::read_to_string(target.join("CSI-driver-test-secret")).unwrap();
-        println!(
-            "{}  /mnt/secrets-store/CSI-driver-test-secret = {file}",
-            pod.metadata.name.clone().unwrap()
+        node: &node,
+    };
+    let result = demo.walkthrough(steps).await;
+    if result.is_err() {
+        eprintln!(
+            "\n----- component log tails (full logs in {}) -----\n{}",
+            cluster.log_dir().display(),
+            cluster.log_tails(30)
         );
+        eprintln!("tearing the node down");
+        drop(node);
+        return result;
     }
 
-    step(
-        6,
-        "kubectl get secret foosecret; kubectl exec <pod> -- env | grep SECRET_API_KEY",
-    );
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let secret = secrets.get("foosecret").await.unwrap();
-    let owners: Vec<String> = secret
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .map(|o| format!("{}/{}", o.kind, o.name))
-        .collect();
-    println!(
-        "Secret foosecret (type {}, owned by {})",
-        secret.type_.clone().unwrap_or_default(),
-        owners.join(", ")
-    );
-    let env = kubelet.resolved_env(&running[0], "nginx").await.unwrap();
-    println!(
-        "$ kubectl exec {} -- env | grep SECRET_API_KEY",
-        running[0].metadata.name.clone().unwrap()
-    );
-    println!("SECRET_API_KEY={}", env["SECRET_API_KEY"]);
+    steps.start("Stopping the node and checking the host");
+    let before = node.host_before().clone();
+    let run_dir = cluster.run_dir().to_path_buf();
+    let after = node.stop().context("stopping the real node")?;
+    report_host(&before, &after)?;
+    let left = mounts_under(&run_dir);
+    ensure!(left.is_empty(), "mounts left under the run dir: {left:?}");
+    Ok(())
+}
 
-    step(
-        7,
-        "aws secretsmanager put-secret-value --secret-string rotated-value (rotation)",
+/// Compares the host with what it was before the node started, and says so.
+fn report_host(before: &HostSnapshot, after: &HostSnapshot) -> Result<()> {
+    if before != after {
+        bail!(
+            "the host differs from before the node started:\nbefore: {before:#?}\nafter: {after:#?}"
+        );
+    }
+    println!(
+        "host left as found: {} sysctls, {} network links, {} iptables tables, {} host paths, {} mounts, \
+         kubepods cgroups ({}) and node processes ({}) as before the node started",
+        before.sysctls.len(),
+        before.links.len(),
+        before.iptables.len(),
+        before.paths.len(),
+        before.mounts.len(),
+        before.kubepods_cgroups.len(),
+        before.node_processes.len(),
     );
-    sm.put_secret_value()
-        .secret_id("CSI-driver-test-secret")
-        .secret_string("rotated-value")
-        .send()
+    Ok(())
+}
+
+struct Demo<'a> {
+    cluster: &'static Cluster,
+    node: &'a RealNode,
+}
+
+/// One row of `kubectl get pods`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PodRow {
+    name: String,
+    ready: String,
+    status: String,
+}
+
+impl Demo<'_> {
+    /// Runs kubectl; fails on a non-zero exit. Returns stdout and stderr.
+    async fn run_kubectl(&self, args: &[&str]) -> Result<(String, String)> {
+        let out = self.node.kubectl(args).await.context("running kubectl")?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        ensure!(
+            out.status.success(),
+            "kubectl {}: {stdout}{stderr}",
+            args.join(" ")
+        );
+        Ok((stdout, stderr))
+    }
+
+    /// Runs kubectl without printing anything; fails on a non-zero exit. Returns stdout.
+    async fn kubectl_quiet(&self, args: &[&str]) -> Result<String> {
+        Ok(self.run_kubectl(args).await?.0)
+    }
+
+    /// Prints `$ kubectl <shown>`, runs kubectl with `args` and prints its output (stderr too,
+    /// where kubectl says "No resources found"). Returns stdout.
+    async fn kubectl_as(&self, shown: &str, args: &[&str]) -> Result<String> {
+        show(&format!("kubectl {shown}"));
+        let (stdout, stderr) = self.run_kubectl(args).await?;
+        echo(&stdout);
+        echo(&stderr);
+        Ok(stdout)
+    }
+
+    /// Prints `$ kubectl <args>`, runs it and prints its output.
+    async fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let shown: Vec<Cow<'_, str>> = args.iter().map(|a| quote(a)).collect();
+        self.kubectl_as(&shown.join(" "), args).await
+    }
+
+    /// `kubectl exec <pod> -- cat <secret file>`, printed.
+    async fn cat_secret_file(&self, pod: &str) -> Result<String> {
+        self.kubectl(&["exec", pod, "--", "cat", SECRET_FILE]).await
+    }
+
+    /// `kubectl exec <pod> -- env | grep SECRET_API_KEY` (the grep done here), printed.
+    async fn env_secret(&self, pod: &str) -> Result<String> {
+        show(&format!("kubectl exec {pod} -- env | grep SECRET_API_KEY"));
+        let env = self.kubectl_quiet(&["exec", pod, "--", "env"]).await?;
+        let line = env
+            .lines()
+            .find(|l| l.starts_with("SECRET_API_KEY="))
+            .with_context(|| format!("no SECRET_API_KEY in the environment of {pod}"))?
+            .to_string();
+        println!("{line}");
+        Ok(line)
+    }
+
+    /// `foosecret`'s `SECRET_API_KEY`, decoded, through kubectl's go-template.
+    async fn synced_value(&self, print: bool) -> Result<String> {
+        let template = "{{.data.SECRET_API_KEY | base64decode}}";
+        let args = [
+            "get",
+            "secret",
+            "foosecret",
+            "-o",
+            &format!("go-template={template}"),
+        ];
+        if print {
+            self.kubectl(&args).await
+        } else {
+            self.kubectl_quiet(&args).await
+        }
+    }
+
+    /// `kubectl get pods <args>`: what it printed, and its rows.
+    async fn pod_rows(&self, args: &[&str]) -> Result<(String, Vec<PodRow>)> {
+        let mut full = vec!["get", "pods"];
+        full.extend_from_slice(args);
+        let out = self.node.kubectl(&full).await?;
+        ensure!(
+            out.status.success(),
+            "kubectl get pods: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rows = stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some(PodRow {
+                    name: f.next()?.to_string(),
+                    ready: f.next()?.to_string(),
+                    status: f.next()?.to_string(),
+                })
+            })
+            .collect();
+        let shown = if stdout.is_empty() {
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        } else {
+            stdout
+        };
+        Ok((shown, rows))
+    }
+
+    /// `kubectl get pods <args>`, printed each time a pod's READY or STATUS changes, until
+    /// exactly `n` pods are listed, all `1/1 Running` and none of them in `old`. Returns their
+    /// names.
+    async fn wait_for_pods(
+        &self,
+        args: &[&str],
+        n: usize,
+        old: &BTreeSet<String>,
+    ) -> Result<Vec<String>> {
+        show(
+            &["kubectl", "get", "pods"]
+                .iter()
+                .chain(args)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        note("run every second; shown again whenever a pod's READY or STATUS changes");
+        let deadline = Instant::now() + WAIT;
+        let mut last: Option<Vec<PodRow>> = None;
+        loop {
+            let (shown, rows) = self.pod_rows(args).await?;
+            if last.as_ref() != Some(&rows) {
+                echo(&shown);
+                last = Some(rows.clone());
+            }
+            let done = rows.len() == n
+                && rows
+                    .iter()
+                    .all(|r| r.ready == "1/1" && r.status == "Running" && !old.contains(&r.name));
+            if done {
+                return Ok(rows.into_iter().map(|r| r.name).collect());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {WAIT:?} waiting for {n} new Running pods");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Polls `check` every 500 ms until it returns `Some`, for at most [`WAIT`].
+    async fn wait<T, F, Fut>(&self, what: &str, mut check: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(v) = check().await {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out after {WAIT:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Waits until every pod's file and `foosecret` hold `value`.
+    async fn wait_for_value(&self, pods: &[String], value: &str) -> Result<()> {
+        for pod in pods {
+            self.wait(
+                &format!("{SECRET_FILE} in {pod} to hold the new value"),
+                || async {
+                    let got = self
+                        .kubectl_quiet(&["exec", pod, "--", "cat", SECRET_FILE])
+                        .await
+                        .ok()?;
+                    (got == value).then_some(())
+                },
+            )
+            .await?;
+        }
+        self.wait("foosecret to hold the new value", || async {
+            (self.synced_value(false).await.ok()? == value).then_some(())
+        })
         .await
-        .unwrap();
-    eventually(CONVERGE, "the synced Secret to rotate", || async {
-        (secret_value(&secrets, "foosecret", "SECRET_API_KEY")
-            .await
-            .as_deref()
-            == Some("rotated-value"))
-        .then_some(())
-    })
-    .await;
-    println!(
-        "Secret foosecret now has SECRET_API_KEY=rotated-value; the opted-in Deployment rolls"
-    );
-    let old: Vec<_> = running.iter().map(|p| p.metadata.uid.clone()).collect();
-    let fresh = eventually(CONVERGE, "new pods after the rollout", || async {
-        let pods = running_pods(&pods, 3).await;
-        pods.iter()
-            .all(|p| !old.contains(&p.metadata.uid))
-            .then_some(pods)
-    })
-    .await;
-    let env = kubelet.resolved_env(&fresh[0], "nginx").await.unwrap();
-    println!(
-        "$ kubectl exec {} -- env | grep SECRET_API_KEY",
-        fresh[0].metadata.name.clone().unwrap()
-    );
-    println!("SECRET_API_KEY={}", env["SECRET_API_KEY"]);
+    }
 
-    step(
-        8,
-        "kubectl delete deployment (the garbage collector removes foosecret with its workload)",
-    );
-    deployments
-        .delete(
-            DEPLOYMENT,
-            &DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Background),
-                ..Default::default()
-            },
+    /// The agent's whole log (`kubectl logs`), or why it could not be read.
+    async fn agent_log(&self, agent: &AgentRelease) -> String {
+        let pod = match agent.pod(self.node).await {
+            Ok(Some(pod)) => pod.metadata.name.unwrap_or_default(),
+            Ok(None) => return "(no agent pod on the node)".into(),
+            Err(e) => return format!("(listing the agent pod: {e})"),
+        };
+        self.kubectl_quiet(&["logs", "--namespace", agent.namespace(), &pod])
+            .await
+            .unwrap_or_else(|e| format!("(kubectl logs: {e:#})"))
+    }
+
+    /// The uids of the default namespace's pods.
+    async fn pod_uids(&self) -> Result<Vec<String>> {
+        let pods: Api<Pod> = Api::namespaced(self.cluster.client(), "default");
+        Ok(pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect())
+    }
+
+    /// Mount points under the kubelet dirs of the pods with `uids` (their CSI and token volumes).
+    fn pod_mounts(&self, uids: &[String]) -> Vec<PathBuf> {
+        uids.iter()
+            .flat_map(|uid| mounts_under(&self.node.kubelet_dir().join("pods").join(uid)))
+            .collect()
+    }
+
+    async fn walkthrough(&self, steps: &mut Steps) -> Result<()> {
+        let node = self.node;
+        show(&format!("kubectl get node {} -o wide", node.name()));
+        echo(
+            &self
+                .kubectl_quiet(&["get", "node", node.name(), "-o", "wide"])
+                .await?,
+        );
+
+        steps.start(
+            "helm install secrets-store charts/secrets-store-rs: one chart instead of the walk-through's two",
+        );
+        let agent = node
+            .install_agent(&AgentChart {
+                rotation_poll_interval: ROTATION_POLL.into(),
+                rotation_self_refresh: true,
+                aws_endpoint: self.cluster.moto().endpoint(),
+                extra_values: Vec::new(),
+            })
+            .await
+            .context("helm install of charts/secrets-store-rs on the node")?;
+        show_helm_install(&agent);
+        echo(agent.install_output());
+        let result = self.with_agent(steps, &agent).await;
+        if result.is_err() {
+            eprintln!(
+                "\n----- the agent's log (kubectl logs; its INFO, WARN and ERROR lines and its own DEBUG lines) -----"
+            );
+            eprintln!("{}", agent_log_tail(&self.agent_log(&agent).await, 100));
+            return result;
+        }
+
+        steps.start("helm uninstall: the DaemonSet pod goes, kubelet unregisters the driver");
+        let namespace = agent.namespace().to_string();
+        show(&format!(
+            "helm uninstall secrets-store --namespace {namespace} --wait --timeout 120s"
+        ));
+        echo(&agent.uninstall(node).context("helm uninstall")?);
+        self.wait_for_pods(&["--namespace", &namespace], 0, &BTreeSet::new())
+            .await?;
+        self.wait("kubelet to unregister the driver", || async {
+            let drivers = self
+                .kubectl_quiet(&[
+                    "get",
+                    "csinode",
+                    node.name(),
+                    "-o",
+                    "jsonpath={.spec.drivers}",
+                ])
+                .await
+                .ok()?;
+            (!drivers.contains("secrets-store.csi.k8s.io")).then_some(())
+        })
+        .await?;
+        self.kubectl(&["get", "csinode", node.name()]).await?;
+        Ok(())
+    }
+
+    async fn with_agent(&self, steps: &mut Steps, agent: &AgentRelease) -> Result<()> {
+        let node = self.node;
+        note("the DaemonSet's pod runs on the node; kubelet registered the driver through it:");
+        self.kubectl(&["get", "pods", "-A", "-o", "wide"]).await?;
+        let csinode = self
+            .kubectl(&["get", "csinode", node.name(), "-o", "yaml"])
+            .await?;
+        ensure!(
+            csinode.contains("name: secrets-store.csi.k8s.io"),
+            "the driver is not on CSINode {}",
+            node.name()
+        );
+        let (_, restarts) = agent
+            .container(node)
+            .await?
+            .context("the agent container is not running")?;
+        ensure!(
+            restarts == 0,
+            "the agent container restarted {restarts} times"
+        );
+
+        steps.start("AWS: the secret CSI-driver-test-secret = secretkey, the IAM policy and role");
+        let account = self.cluster.moto().new_account();
+        note(&format!(
+            "aws --region {} secretsmanager create-secret --name {} --secret-string secretkey",
+            seed::REGION,
+            seed::SECRET
+        ));
+        note(&format!(
+            "aws --region {} iam create-policy --policy-name {} --policy-document file://examples/seed/policy.json",
+            seed::REGION,
+            seed::POLICY
+        ));
+        note(&format!(
+            "eksctl create iamserviceaccount --name nginx-deployment-sa --attach-policy-arn <policy ARN> ...  (here: the role {}, the ServiceAccount comes next)",
+            seed::ROLE
+        ));
+        let role_arn = seed::seed_aws(self.cluster, &account, "secretkey").await;
+        self.show_aws(&account, &role_arn).await?;
+
+        steps.start("kubectl apply -f examples/seed/: the ServiceAccount, SecretProviderClass and Deployment, verbatim");
+        let sa = node.node_dir().join("serviceaccount.yaml");
+        std::fs::write(
+            &sa,
+            seed::file("serviceaccount.yaml").replace("ROLE_ARN", &role_arn),
         )
-        .await
-        .unwrap();
-    eventually(CONVERGE, "foosecret to be garbage-collected", || async {
-        secrets
-            .get_opt("foosecret")
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    eventually(CONVERGE, "volumes unpublished", || async {
-        kubelet.published_targets().is_empty().then_some(())
-    })
-    .await;
-    println!("Secret foosecret deleted; every tmpfs volume unmounted");
+        .with_context(|| format!("writing {}", sa.display()))?;
+        note(&format!(
+            "examples/seed/serviceaccount.yaml with ROLE_ARN = {role_arn}:"
+        ));
+        self.kubectl(&["apply", "-f", &sa.display().to_string()])
+            .await?;
+        show("kubectl get sa -n default nginx-deployment-sa -o yaml | grep role-arn");
+        let yaml = self
+            .kubectl_quiet(&[
+                "get",
+                "sa",
+                "-n",
+                "default",
+                "nginx-deployment-sa",
+                "-o",
+                "yaml",
+            ])
+            .await?;
+        for line in yaml.lines().filter(|l| l.contains("role-arn")) {
+            println!("{line}");
+        }
+        for file in ["secretproviderclass.yaml", "test-nginx.yaml"] {
+            let path = seed::dir().join(file);
+            self.kubectl_as(
+                &format!("apply -f {}", shown_path(&path)),
+                &["apply", "-f", &path.display().to_string()],
+            )
+            .await?;
+        }
 
-    step(9, "Tearing down");
-    kubelet.stop();
-    drop(agent);
-    helm(cluster, &["uninstall", RELEASE, "--namespace", &agent_ns]);
-    println!("done in {:.0?}", started.elapsed());
+        steps.start(
+            "3 pods Running: the file in each, SECRET_API_KEY in each container's env, foosecret",
+        );
+        let pods = self.wait_for_pods(&[], 3, &BTreeSet::new()).await?;
+        for pod in &pods {
+            let file = self.cat_secret_file(pod).await?;
+            ensure!(file == "secretkey", "{pod}: the file holds something else");
+            let env = self.env_secret(pod).await?;
+            ensure!(
+                env == "SECRET_API_KEY=secretkey",
+                "{pod}: wrong SECRET_API_KEY"
+            );
+        }
+        self.kubectl(&["get", "secret", "foosecret"]).await?;
+        self.kubectl(&[
+            "get",
+            "secret",
+            "foosecret",
+            "-o",
+            "custom-columns=NAME:.metadata.name,LABELS:.metadata.labels,OWNER:.metadata.ownerReferences[*].kind,OWNER-NAME:.metadata.ownerReferences[*].name",
+        ])
+        .await?;
+        let errors = self
+            .kubectl_quiet(&[
+                "get",
+                "events",
+                "--field-selector=reason=Failed",
+                "-o",
+                "name",
+            ])
+            .await?;
+        ensure!(
+            errors.trim().is_empty(),
+            "kubelet reported failed containers: {errors}"
+        );
+        note(
+            "foosecret existed before any container needed it (no Failed event, no CreateContainerConfigError); \
+             owned by the pods' ReplicaSet, it goes with the Deployment, not with its last pod",
+        );
+
+        steps.start("Rotation: PutSecretValue in AWS; the file and foosecret follow on the rotation poll interval");
+        note(&format!(
+            "aws --region {} secretsmanager put-secret-value --secret-id {} --secret-string rotated-value",
+            seed::REGION,
+            seed::SECRET
+        ));
+        let rotated = Instant::now();
+        seed::rotate(self.cluster, &account, "rotated-value").await;
+        self.wait_for_value(&pods, "rotated-value").await?;
+        note(&format!(
+            "all 3 files and foosecret changed {:.1} s after PutSecretValue (rotationPollInterval {ROTATION_POLL}, kubelet republish every {} s)",
+            rotated.elapsed().as_secs_f64(),
+            KUBELET_SYNC.as_secs()
+        ));
+        for pod in &pods {
+            self.cat_secret_file(pod).await?;
+        }
+        self.synced_value(true).await?;
+        note("env vars never change in a running container:");
+        self.env_secret(&pods[0]).await?;
+
+        steps.start(
+            "Rollout on change: the Deployment opts in; the next rotation rolls its pods once",
+        );
+        self.kubectl(&[
+            "annotate",
+            "deployment",
+            seed::DEPLOYMENT,
+            &format!("{ROLLOUT_ANNOTATION}=true"),
+        ])
+        .await?;
+        note(&format!(
+            "aws --region {} secretsmanager put-secret-value --secret-id {} --secret-string rotated-again",
+            seed::REGION,
+            seed::SECRET
+        ));
+        seed::rotate(self.cluster, &account, "rotated-again").await;
+        let old: BTreeSet<String> = pods.iter().cloned().collect();
+        let pods = self.wait_for_pods(&[], 3, &old).await?;
+        for pod in &pods {
+            let env = self.env_secret(pod).await?;
+            ensure!(
+                env == "SECRET_API_KEY=rotated-again",
+                "{pod}: the rolled pod has a stale SECRET_API_KEY"
+            );
+        }
+        self.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "reason=SecretChangedRollout",
+        ])
+        .await?;
+
+        steps.start(
+            "kubectl delete deployment: pods gone, volumes unmounted, foosecret garbage-collected",
+        );
+        let uids = self.pod_uids().await?;
+        let mounted = self.pod_mounts(&uids);
+        ensure!(
+            !mounted.is_empty(),
+            "no volume of the seed pods is mounted under {}",
+            node.kubelet_dir().display()
+        );
+        note(&format!(
+            "the pods' volumes mounted under kubelet's root dir {} now:",
+            node.kubelet_dir().display()
+        ));
+        for m in &mounted {
+            println!(
+                "{}",
+                m.strip_prefix(node.kubelet_dir()).unwrap_or(m).display()
+            );
+        }
+        self.kubectl(&["delete", "deployment", seed::DEPLOYMENT])
+            .await?;
+        self.wait_for_pods(&[], 0, &BTreeSet::new()).await?;
+        self.wait("the pods' volumes to be unmounted", || async {
+            self.pod_mounts(&uids).is_empty().then_some(())
+        })
+        .await?;
+        note(&format!(
+            "mounts under the pods' kubelet dirs: {}",
+            self.pod_mounts(&uids).len()
+        ));
+        self.wait("foosecret to be garbage-collected", || async {
+            let out = self
+                .node
+                .kubectl(&["get", "secret", "foosecret"])
+                .await
+                .ok()?;
+            (!out.status.success()).then_some(())
+        })
+        .await?;
+        show("kubectl get secret foosecret");
+        let out = node.kubectl(&["get", "secret", "foosecret"]).await?;
+        echo(&String::from_utf8_lossy(&out.stderr));
+        ensure!(!out.status.success(), "foosecret still exists");
+        Ok(())
+    }
+
+    /// The AWS side as moto has it: the secret's ARN, the policy attached to the role.
+    async fn show_aws(&self, account: &AccountId, role_arn: &str) -> Result<()> {
+        let moto = self.cluster.moto();
+        let secret = moto
+            .sm_client(account)
+            .describe_secret()
+            .secret_id(seed::SECRET)
+            .send()
+            .await
+            .context("DescribeSecret")?;
+        let attached = moto
+            .iam_client(account)
+            .list_attached_role_policies()
+            .role_name(seed::ROLE)
+            .send()
+            .await
+            .context("ListAttachedRolePolicies")?;
+        let policies: Vec<&str> = attached
+            .attached_policies()
+            .iter()
+            .filter_map(|p| p.policy_arn())
+            .collect();
+        println!("secret  {}", secret.arn().unwrap_or_default());
+        println!(
+            "policy  {}  (secretsmanager:GetSecretValue, DescribeSecret on that ARN)",
+            policies.join(", ")
+        );
+        println!("role    {role_arn}  (trusts the cluster's ServiceAccount tokens, IRSA)");
+        Ok(())
+    }
+}
+
+/// The last `lines` lines of the agent's log without the DEBUG/TRACE lines of its dependencies
+/// (the chart maps `logVerbosity` >= 1 to `RUST_LOG=debug` for every crate: h2, hpack, hyper).
+fn agent_log_tail(log: &str, lines: usize) -> String {
+    let plain = |line: &str| {
+        let mut out = String::with_capacity(line.len());
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                // Skip a CSI sequence: ESC [ ... final byte in @..~.
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) && c != '[' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    let kept: Vec<String> = log
+        .lines()
+        .map(plain)
+        .filter(|l| {
+            !(l.contains(" DEBUG ") || l.contains(" TRACE ")) || l.contains("secrets_store")
+        })
+        .collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Prints the `helm install` that ran, one `--set` per line.
+fn show_helm_install(agent: &AgentRelease) {
+    let mut line = String::from("helm");
+    let mut args = agent.install_args().iter().peekable();
+    while let Some(arg) = args.next() {
+        let arg = if arg.ends_with("charts/secrets-store-rs") {
+            shown_path(Path::new(arg))
+        } else {
+            arg.clone()
+        };
+        if arg.starts_with("--set") {
+            line.push_str(" \\\n    ");
+        } else {
+            line.push(' ');
+        }
+        line.push_str(&quote(&arg));
+        if arg.starts_with("--") && args.peek().is_some_and(|v| !v.starts_with("--")) {
+            line.push(' ');
+            line.push_str(&quote(args.next().expect("peeked")));
+        }
+    }
+    note(
+        "beyond syncSecret.enabled (the walk-through's values.yaml), the values are what this node needs: \
+         the image imported without a registry, kubelet's root dir under the run dir, host networking \
+         (no kube-proxy here) with the API server and moto on 127.0.0.1, free ports, rotation every 5 s",
+    );
+    show(&line);
 }

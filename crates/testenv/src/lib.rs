@@ -16,6 +16,7 @@ pub mod node_agent;
 mod process;
 mod proxy;
 pub mod real_node;
+pub mod seed;
 mod tools;
 pub mod upstream;
 mod wait;

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -22,12 +22,7 @@ pub const DRIVER: &str = "secrets-store.csi.k8s.io";
 pub const VOLUME: &str = "secrets-store-inline";
 
 /// The seed's manifests, shipped under `examples/seed/`.
-pub fn seed_file(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples/seed")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+pub use secrets_store_testenv::seed::file as seed_file;
 
 pub use secrets_store_testenv::eventually;
 
@@ -54,61 +49,16 @@ pub async fn ensure_csi_driver(cluster: &Cluster) {
     }
 }
 
-/// Creates the seed's AWS side in `account`: the secret `CSI-driver-test-secret` holding `value`,
-/// the walk-through's policy and a role for the ServiceAccount. Returns the role ARN.
-pub async fn seed_aws(cluster: &Cluster, account: &AccountId, value: &str) -> String {
-    let moto = cluster.moto();
-    let created = moto
-        .sm_client(account)
-        .create_secret()
-        .name("CSI-driver-test-secret")
-        .secret_string(value)
-        .send()
-        .await
-        .expect("CreateSecret");
-    let iam = moto.iam_client(account);
-    let policy = seed_file("policy.json").replace("SECRET_ARN", created.arn().unwrap());
-    let policy = iam
-        .create_policy()
-        .policy_name("deployment-policy")
-        .policy_document(policy)
-        .send()
-        .await
-        .expect("CreatePolicy");
-    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Federated":"oidc"},"Action":"sts:AssumeRoleWithWebIdentity"}]}"#;
-    let role = iam
-        .create_role()
-        .role_name("nginx-deployment-role")
-        .assume_role_policy_document(trust)
-        .send()
-        .await
-        .expect("CreateRole");
-    iam.attach_role_policy()
-        .role_name("nginx-deployment-role")
-        .policy_arn(policy.policy().unwrap().arn().unwrap())
-        .send()
-        .await
-        .expect("AttachRolePolicy");
-    role.role().unwrap().arn().to_string()
-}
+/// Creates the seed's AWS side in `account` (testenv's [`secrets_store_testenv::seed::seed_aws`]).
+pub use secrets_store_testenv::seed::seed_aws;
 
 /// The seed's AWS secret name (also its file name in the volume).
-pub const SEED_SECRET: &str = "CSI-driver-test-secret";
+pub const SEED_SECRET: &str = secrets_store_testenv::seed::SECRET;
 /// The seed's Deployment.
-pub const SEED_DEPLOYMENT: &str = "csi-secret-driver-test-nginx-deployment";
+pub const SEED_DEPLOYMENT: &str = secrets_store_testenv::seed::DEPLOYMENT;
 
 /// Rotates the seed's secret in `account` (`PutSecretValue`: moto's stage moves are buggy).
-pub async fn rotate_seed_secret(cluster: &Cluster, account: &AccountId, value: &str) {
-    cluster
-        .moto()
-        .sm_client(account)
-        .put_secret_value()
-        .secret_id(SEED_SECRET)
-        .secret_string(value)
-        .send()
-        .await
-        .expect("PutSecretValue");
-}
+pub use secrets_store_testenv::seed::rotate as rotate_seed_secret;
 
 /// One test's world: a namespace, an AWS account, the node agent and a kubelet simulator.
 pub struct World {

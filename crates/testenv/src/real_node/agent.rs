@@ -39,6 +39,9 @@ pub struct AgentRelease {
     namespace: String,
     release: String,
     helm_home: PathBuf,
+    /// `helm`'s arguments and standard output of the install (for `make demo` to show).
+    install_args: Vec<String>,
+    install_output: String,
 }
 
 impl RealNode {
@@ -47,10 +50,12 @@ impl RealNode {
     /// and for kubelet to list the driver on the node's CSINode (plugin registration done).
     pub async fn install_agent(&self, chart: &AgentChart) -> Result<AgentRelease, Error> {
         let namespace = self.new_namespace("agent").await;
-        let release = AgentRelease {
+        let mut release = AgentRelease {
             namespace,
             release: "secrets-store".into(),
             helm_home: self.node_dir().join("helm"),
+            install_args: Vec::new(),
+            install_output: String::new(),
         };
         let (repository, tag) = AGENT_IMAGE.rsplit_once(':').expect("image has a tag");
         let api_port = self
@@ -105,7 +110,8 @@ impl RealNode {
             };
             args.extend([flag.into(), v]);
         }
-        release.helm(self, &args)?;
+        release.install_output = release.helm(self, &args)?;
+        release.install_args = args;
         self.wait_registered(Duration::from_secs(60)).await?;
         Ok(release)
     }
@@ -127,6 +133,17 @@ impl AgentRelease {
     /// The release's namespace.
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// The arguments `helm` was run with to install the release (the chart as an absolute path;
+    /// helm's `--kubeconfig` and its `HELM_*_HOME` environment left out).
+    pub fn install_args(&self) -> &[String] {
+        &self.install_args
+    }
+
+    /// What `helm install` printed on its standard output.
+    pub fn install_output(&self) -> &str {
+        &self.install_output
     }
 
     /// The DaemonSet's pod on the node, if there is one.
@@ -205,8 +222,10 @@ impl AgentRelease {
         }
     }
 
-    /// `helm uninstall --wait`: the DaemonSet pod is gone when this returns.
-    pub fn uninstall(self, node: &RealNode) -> Result<(), Error> {
+    /// `helm uninstall --wait`: the release's objects (the DaemonSet among them) are gone when
+    /// this returns; the DaemonSet's pod may still be terminating. Returns what helm printed on
+    /// its standard output.
+    pub fn uninstall(self, node: &RealNode) -> Result<String, Error> {
         let args: Vec<String> = [
             "uninstall",
             &self.release,
@@ -218,8 +237,7 @@ impl AgentRelease {
         ]
         .map(String::from)
         .into();
-        self.helm(node, &args)?;
-        Ok(())
+        self.helm(node, &args)
     }
 
     /// Runs the pinned helm against the cluster, with its caches under the node dir (never the
