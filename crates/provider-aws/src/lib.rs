@@ -20,6 +20,7 @@ mod mount;
 mod objects_yaml;
 pub mod params;
 pub mod pod_identity;
+mod region;
 pub mod render;
 pub mod sa_cache;
 

@@ -180,6 +180,21 @@ pub struct MountParameters {
     pub objects: Vec<ObjectSpec>,
 }
 
+/// Refuses a region that is not shaped like an AWS region name: it becomes the endpoint's host
+/// name, and the pod's token and credentials go there.
+fn check_region(key: &'static str, region: &str) -> Result<(), ParamError> {
+    if crate::region::is_region_name(region) {
+        return Ok(());
+    }
+    Err(ParamError::param(
+        key,
+        format!(
+            "{:?} is not an AWS region name (lowercase, like us-east-1 or us-gov-west-1)",
+            shown(region, SHOWN_NAME_BYTES)
+        ),
+    ))
+}
+
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
@@ -206,7 +221,11 @@ pub fn parse(
             .to_string(),
         r => r.to_string(),
     };
+    check_region(keys::REGION, &region)?;
     let failover_region = non_empty(get(keys::FAILOVER_REGION));
+    if let Some(f) = &failover_region {
+        check_region(keys::FAILOVER_REGION, f)?;
+    }
     if failover_region.as_deref() == Some(region.as_str()) {
         return Err(ParamError::param(
             keys::FAILOVER_REGION,

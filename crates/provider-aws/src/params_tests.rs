@@ -31,6 +31,70 @@ pub(super) fn ok(a: BTreeMap<String, String>) -> MountParameters {
 }
 
 #[test]
+fn regions_that_are_not_aws_region_names_are_refused_before_they_become_hosts() {
+    let one = "- objectName: a\n  objectType: secretsmanager\n";
+    for bad in [
+        "evil.example/x",
+        "a.b",
+        "us-east-1.evil.com",
+        "US-EAST-1",
+        "us--east-1",
+    ] {
+        let e = parse(&attrs(&[("objects", one), ("region", bad)]), None).unwrap_err();
+        assert!(
+            matches!(e, ParamError::Parameter { key: "region", .. }),
+            "{bad}: {e}"
+        );
+        assert!(e.to_string().contains("is not an AWS region name"), "{e}");
+        let e = parse(
+            &attrs(&[
+                ("objects", one),
+                ("region", "us-east-1"),
+                ("failoverRegion", bad),
+            ]),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ParamError::Parameter {
+                    key: "failoverRegion",
+                    ..
+                }
+            ),
+            "{bad}: {e}"
+        );
+        // AWS_REGION or the node label stand in for the class's region: checked the same way.
+        let e = parse(&attrs(&[("objects", one)]), Some(bad)).unwrap_err();
+        assert!(
+            matches!(e, ParamError::Parameter { key: "region", .. }),
+            "{bad}: {e}"
+        );
+    }
+    // Offline validation and mounts report it as invalid parameters (gRPC InvalidArgument).
+    let e = crate::validate(
+        &attrs(&[("objects", one), ("region", "evil.example/x")]),
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.kind,
+        secrets_store_provider::ProviderErrorKind::InvalidParameters
+    );
+    // A long value is not echoed whole.
+    let long = format!("us-east-1.{}", "x".repeat(10_000));
+    let e = parse(&attrs(&[("objects", one), ("region", &long)]), None).unwrap_err();
+    assert!(e.to_string().len() < 400, "{e}");
+    let p = ok(attrs(&[
+        ("objects", one),
+        ("region", "us-gov-west-1"),
+        ("failoverRegion", "us-gov-east-1"),
+    ]));
+    assert_eq!(p.failover_region.as_deref(), Some("us-gov-east-1"));
+}
+
+#[test]
 fn invalid_parameters_table() {
     let one = "- objectName: a\n  objectType: secretsmanager\n";
     let cases: Vec<(BTreeMap<String, String>, Option<&str>, &str)> = vec![
