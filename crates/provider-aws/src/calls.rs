@@ -73,73 +73,115 @@ pub async fn batch_get_secret_value(
     region: &str,
     ids: &[String],
 ) -> Result<Vec<CallResult>, Classified> {
-    let mut results: Vec<Option<CallResult>> = vec![None; ids.len()];
+    let mut entries = Vec::new();
+    let mut errors: Vec<Option<Classified>> = vec![None; ids.len()];
     let mut next: Option<String> = None;
     loop {
-        let out = client
+        let mut out = client
             .batch_get_secret_value()
             .set_secret_id_list(Some(ids.to_vec()))
             .set_next_token(next.take())
             .send()
             .await
             .map_err(|e| classify(&e))?;
-        for entry in out.secret_values() {
-            // One secret may be requested under several ids (name, ARN, partial ARN), and the
-            // answer may list it once: every matching id gets the value.
-            for (i, id) in ids.iter().enumerate() {
-                if results[i].is_some() || !secret_matches(id, entry.name(), entry.arn()) {
-                    continue;
-                }
-                let value = match (entry.secret_string(), entry.secret_binary()) {
-                    (Some(s), _) => SecretBytes::new(s.as_bytes().to_vec()),
-                    (None, Some(b)) => SecretBytes::new(b.as_ref().to_vec()),
-                    (None, None) => SecretBytes::default(),
-                };
-                results[i] = Some(Ok(FetchedValue {
-                    value,
-                    version: entry.version_id().unwrap_or_default().to_string(),
-                    region: region.to_string(),
-                }));
-            }
-        }
+        entries.extend(out.secret_values.take().unwrap_or_default());
         for e in out.errors() {
             if let Some(i) = ids.iter().position(|id| Some(id.as_str()) == e.secret_id()) {
                 let code = e.error_code().unwrap_or("");
-                results[i] = Some(Err(Classified {
+                errors[i] = Some(Classified {
                     kind: classify_code(code, 0),
                     message: format!("{code}: {}", e.message().unwrap_or("")),
-                }));
+                });
             }
         }
+        // Page on while an id has neither an exact answer nor an error: its exact answer may
+        // be on a later page, and a partial-ARN match must not be taken before it is seen.
+        let answers: Vec<_> = entries.iter().map(|e| (e.name(), e.arn())).collect();
+        let matched = match_batch_answers(ids, &answers);
+        let open = matched
+            .iter()
+            .zip(&errors)
+            .any(|(m, e)| !matches!(m, Some(BatchMatch::Exact(_))) && e.is_none());
         match out.next_token() {
-            Some(t) if !t.is_empty() && results.iter().any(Option::is_none) => {
-                next = Some(t.to_string())
-            }
+            Some(t) if !t.is_empty() && open => next = Some(t.to_string()),
             _ => break,
         }
     }
-    Ok(results
+    let answers: Vec<_> = entries.iter().map(|e| (e.name(), e.arn())).collect();
+    let matched = match_batch_answers(ids, &answers);
+    Ok(matched
         .into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Err(Classified {
-                    kind: Class::NotFound,
-                    message: "missing from the BatchGetSecretValue answer".into(),
-                })
+        .zip(errors)
+        .map(|(m, error)| {
+            // An exact answer wins over an error (another id may have named the same secret),
+            // an error over a partial-ARN answer (that answer is another id's secret).
+            let j = match (m, error) {
+                (Some(BatchMatch::Exact(j)), _) => j,
+                (_, Some(e)) => return Err(e),
+                (Some(BatchMatch::Partial(j)), None) => j,
+                (None, None) => {
+                    return Err(Classified {
+                        kind: Class::NotFound,
+                        message: "missing from the BatchGetSecretValue answer".into(),
+                    });
+                }
+            };
+            let entry = &entries[j];
+            let value = match (entry.secret_string(), entry.secret_binary()) {
+                (Some(s), _) => SecretBytes::new(s.as_bytes().to_vec()),
+                (None, Some(b)) => SecretBytes::new(b.as_ref().to_vec()),
+                (None, None) => SecretBytes::default(),
+            };
+            Ok(FetchedValue {
+                value,
+                version: entry.version_id().unwrap_or_default().to_string(),
+                region: region.to_string(),
             })
         })
         .collect())
 }
 
-/// Whether a batch answer (`name`, `arn`) is the secret requested as `id` (a name, a full ARN,
-/// or a partial ARN without the 6-character suffix Secrets Manager appends).
-pub fn secret_matches(id: &str, name: Option<&str>, arn: Option<&str>) -> bool {
-    if Some(id) == name || Some(id) == arn {
-        return true;
-    }
-    arn.is_some_and(|a| {
-        a.len() == id.len() + 7 && a.starts_with(id) && a.as_bytes()[id.len()] == b'-'
-    })
+/// How a requested id found its batch answer (the index into the answers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchMatch {
+    /// The answer's name or ARN is the id.
+    Exact(usize),
+    /// The id is the answer's ARN without the 6-character suffix Secrets Manager appends.
+    Partial(usize),
+}
+
+/// Matches batch answers (`name`, `arn`) back to the requested ids (names, full ARNs or partial
+/// ARNs). One secret may be requested under several ids and listed once: every matching id gets
+/// it. An exact name or ARN match is looked for among all answers before the partial-ARN rule
+/// is tried, whatever the answers' order: `…:secret:a-AbCdEf` is both the full ARN of secret
+/// `a` and a partial ARN of secret `a-AbCdEf`, and must get `a`'s value when `a` was answered.
+pub fn match_batch_answers(
+    ids: &[String],
+    answers: &[(Option<&str>, Option<&str>)],
+) -> Vec<Option<BatchMatch>> {
+    ids.iter()
+        .map(|id| {
+            let id = id.as_str();
+            answers
+                .iter()
+                .position(|&(name, arn)| Some(id) == name || Some(id) == arn)
+                .map(BatchMatch::Exact)
+                .or_else(|| {
+                    answers
+                        .iter()
+                        .position(|&(_, arn)| arn.is_some_and(|a| is_partial_arn(id, a)))
+                        .map(BatchMatch::Partial)
+                })
+        })
+        .collect()
+}
+
+/// Whether `id` is `arn` without its `-XXXXXX` suffix.
+fn is_partial_arn(id: &str, arn: &str) -> bool {
+    id.starts_with("arn:")
+        && arn.len() == id.len() + 7
+        && arn.starts_with(id)
+        && arn.as_bytes()[id.len()] == b'-'
 }
 
 /// The name SSM's `GetParameters` takes for a selector: `name`, `name:version` or `name:label`.
@@ -253,15 +295,55 @@ mod tests {
     fn batch_answers_match_names_full_and_partial_arns() {
         let arn = "arn:aws:secretsmanager:us-east-1:1:secret:db-AbCdEf";
         let cases = [
-            ("db", true),
-            (arn, true),
-            ("arn:aws:secretsmanager:us-east-1:1:secret:db", true),
-            ("arn:aws:secretsmanager:us-east-1:1:secret:d", false),
-            ("dbx", false),
-            ("other", false),
+            ("db", Some(BatchMatch::Exact(0))),
+            (arn, Some(BatchMatch::Exact(0))),
+            (
+                "arn:aws:secretsmanager:us-east-1:1:secret:db",
+                Some(BatchMatch::Partial(0)),
+            ),
+            ("arn:aws:secretsmanager:us-east-1:1:secret:d", None),
+            ("dbx", None),
+            ("xdb", None),
+            ("db-AbCdEf", None),
+            ("other", None),
         ];
         for (id, want) in cases {
-            assert_eq!(secret_matches(id, Some("db"), Some(arn)), want, "{id}");
+            let got = match_batch_answers(&[id.to_string()], &[(Some("db"), Some(arn))]);
+            assert_eq!(got, vec![want], "{id}");
+        }
+    }
+
+    #[test]
+    fn an_exact_match_wins_over_a_partial_arn_in_any_answer_order() {
+        let p = "arn:aws:secretsmanager:us-east-1:1:secret:";
+        // Secret `a` has the ARN `…:a-AbCdEf`; secret `a-AbCdEf` has `…:a-AbCdEf-GhIjKl`, so
+        // `…:a-AbCdEf` is also a partial ARN of `a-AbCdEf`.
+        let a_arn = format!("{p}a-AbCdEf");
+        let ab_arn = format!("{p}a-AbCdEf-GhIjKl");
+        let xa_arn = format!("{p}xa-MnOpQr");
+        let a = (Some("a"), Some(a_arn.as_str()));
+        let ab = (Some("a-AbCdEf"), Some(ab_arn.as_str()));
+        let xa = (Some("xa"), Some(xa_arn.as_str()));
+        let ids = [
+            "a-AbCdEf".to_string(),
+            a_arn.clone(),
+            "a".to_string(),
+            format!("{p}a"),
+        ];
+        // (answers, the answer each id must get)
+        let cases = [
+            (vec![ab, a, xa], [Some(0), Some(1), Some(1), Some(1)]),
+            (vec![a, ab, xa], [Some(1), Some(0), Some(0), Some(0)]),
+            (vec![xa, ab, a], [Some(1), Some(2), Some(2), Some(2)]),
+            // `a` not answered: its full ARN only reaches `a-AbCdEf` as a partial ARN.
+            (vec![xa, ab], [Some(1), Some(1), None, None]),
+        ];
+        for (answers, want) in cases {
+            let got: Vec<Option<usize>> = match_batch_answers(&ids, &answers)
+                .into_iter()
+                .map(|m| m.map(|(BatchMatch::Exact(j) | BatchMatch::Partial(j))| j))
+                .collect();
+            assert_eq!(got, want, "{answers:?}");
         }
     }
 

@@ -367,3 +367,32 @@ async fn identity_errors_are_clear() {
         "\"token\"",
     );
 }
+
+/// `…:secret:a-XXXXXX` is both the full ARN of secret `a` and a partial ARN of secret
+/// `a-XXXXXX`; mounted together in one batch, each object gets its own secret.
+#[tokio::test]
+async fn a_full_arn_that_is_also_a_partial_arn_gets_its_exact_secret() {
+    let cluster = Cluster::shared();
+    let _logs = cluster.dump_logs_on_panic();
+    let account = cluster.moto().new_account();
+    let pod = irsa_pod(cluster, "aws-sm-exact", &account, "app").await;
+    let a_arn = sm_secret(cluster, &account, "a", "value-of-a").await;
+    let suffixed = a_arn.rsplit(':').next().expect("a name").to_string();
+    sm_secret(cluster, &account, &suffixed, "value-of-the-other").await;
+    let (provider, _) = provider(cluster, false, Duration::from_secs(5)).await;
+
+    let yaml = format!(
+        "- objectName: \"{suffixed}\"\n  objectType: secretsmanager\n  objectAlias: other\n\
+         - objectName: \"{a_arn}\"\n  objectAlias: byarn\n\
+         - objectName: a\n  objectType: secretsmanager\n"
+    );
+    let p = objects(&yaml);
+    let resp = provider
+        .mount(request(&pod, &params(&p)))
+        .await
+        .expect("mount");
+    let f = files(&resp);
+    assert_eq!(f["other"], "value-of-the-other");
+    assert_eq!(f["byarn"], "value-of-a");
+    assert_eq!(f["a"], "value-of-a");
+}
