@@ -64,6 +64,7 @@ pub async fn dry_run(
             max_attempts: 2,
             ..FetchConfig::default()
         },
+        crate::CallLimit::default(),
         Metrics::default(),
     );
     let identity = IdentityKey {

@@ -13,6 +13,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::arn::ObjectKind;
+use crate::call_limit::CallLimit;
 use crate::calls::{self, SsmRequest};
 use crate::coalesce::{Claim, Coalescer, Lookup};
 use crate::errors::{Class, Classified};
@@ -78,6 +79,7 @@ impl Default for FetchConfig {
 pub struct Fetcher {
     base: SdkConfig,
     config: FetchConfig,
+    limit: CallLimit,
     metrics: Metrics,
     coalescer: Arc<Coalescer<ObjectKey, FetchResult>>,
     batch_denied: Mutex<HashMap<IdentityKey, Instant>>,
@@ -90,11 +92,13 @@ enum Pending {
 }
 
 impl Fetcher {
-    /// A fetcher using `base` (endpoints, HTTP client; no credentials).
-    pub fn new(base: SdkConfig, config: FetchConfig, metrics: Metrics) -> Self {
+    /// A fetcher using `base` (endpoints, HTTP client; no credentials); its calls take permits
+    /// from `limit`.
+    pub fn new(base: SdkConfig, config: FetchConfig, limit: CallLimit, metrics: Metrics) -> Self {
         Self {
             base,
             config,
+            limit,
             metrics,
             coalescer: Arc::default(),
             batch_denied: Mutex::new(HashMap::new()),
@@ -330,7 +334,9 @@ impl Fetcher {
         loop {
             attempt += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let r = match tokio::time::timeout(remaining, call()).await {
+            // Waiting for a permit counts against the deadline; the permit is released before
+            // any backoff sleep.
+            let r = match tokio::time::timeout(remaining, self.limit.run(call())).await {
                 Ok(r) => r,
                 Err(_) => Err(Classified {
                     kind: Class::Unavailable,
@@ -393,6 +399,7 @@ mod tests {
         Fetcher::new(
             SdkConfig::builder().build(),
             FetchConfig::default(),
+            CallLimit::default(),
             Metrics::default(),
         )
     }
@@ -459,6 +466,47 @@ mod tests {
             .await;
         assert!(r.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_mounts_never_exceed_the_node_wide_call_limit() {
+        let limit = CallLimit::new(4);
+        // Two fetchers sharing one limit, as every mount and the identity resolver share it.
+        let fetchers = [0, 1].map(|_| {
+            Fetcher::new(
+                SdkConfig::builder().build(),
+                FetchConfig::default(),
+                limit.clone(),
+                Metrics::default(),
+            )
+        });
+        let far = Instant::now() + Duration::from_secs(60);
+        let (in_flight, max, calls) = (AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0));
+        let mounts = (0..64).map(|i| {
+            let (in_flight, max, calls) = (&in_flight, &max, &calls);
+            let attempts = AtomicU32::new(0);
+            let f = &fetchers[i % 2];
+            async move {
+                f.retrying(far, "secretsmanager", "GetSecretValue", || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let n = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(n, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    // Every other mount is throttled once: its backoff holds no permit.
+                    if i % 2 == 1 && attempts.fetch_add(1, Ordering::SeqCst) == 0 {
+                        Err(err(Class::Throttled))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await
+            }
+        });
+        let results = join_all(mounts).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(calls.load(Ordering::SeqCst), 96);
+        assert_eq!(max.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test]

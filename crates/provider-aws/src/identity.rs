@@ -14,6 +14,7 @@ use aws_sdk_sts::config::Region;
 use secrets_store_provider::{Attributes, ProviderErrorKind};
 use serde::Deserialize;
 
+use crate::call_limit::CallLimit;
 use crate::coalesce::Coalescer;
 use crate::params::MountParameters;
 use crate::pod_identity::PodIdentityAgent;
@@ -236,6 +237,7 @@ pub struct IdentityResolver {
     pod_identity: PodIdentityAgent,
     cache: Arc<Coalescer<IdentityKey, CachedCreds>>,
     refresh_margin: Duration,
+    limit: CallLimit,
     metrics: crate::metrics::Metrics,
 }
 
@@ -246,6 +248,7 @@ impl IdentityResolver {
         service_accounts: ServiceAccountCache,
         pod_identity: PodIdentityAgent,
         refresh_margin: Duration,
+        limit: CallLimit,
         metrics: crate::metrics::Metrics,
     ) -> Self {
         Self {
@@ -254,6 +257,7 @@ impl IdentityResolver {
             pod_identity,
             cache: Arc::default(),
             refresh_margin,
+            limit,
             metrics,
         }
     }
@@ -349,13 +353,13 @@ impl IdentityResolver {
             .region(Region::new(key.region.clone()))
             .build();
         let client = aws_sdk_sts::Client::from_conf(conf);
-        let out = client
+        let call = client
             .assume_role_with_web_identity()
             .role_arn(&key.role)
             .role_session_name(session_name(key))
             .web_identity_token(token)
-            .send()
-            .await;
+            .send();
+        let out = self.limit.run(call).await;
         let outcome = if out.is_ok() { "ok" } else { "error" };
         self.metrics
             .api_call("sts", "AssumeRoleWithWebIdentity", outcome);

@@ -6,6 +6,7 @@
 //! (values → files). [`AwsProvider`] wires them behind the `Provider` trait.
 
 pub mod arn;
+pub mod call_limit;
 pub mod calls;
 pub mod coalesce;
 pub mod dry_run;
@@ -33,6 +34,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::Region;
 use secrets_store_provider::{MountRequest, MountResponse, Provider, ProviderError};
 
+pub use call_limit::{CallLimit, DEFAULT_MAX_CONCURRENT_AWS_CALLS};
 pub use fetch::FetchConfig;
 pub use metrics::Metrics;
 pub use pod_identity::PodIdentityAgentConfig;
@@ -56,6 +58,8 @@ pub struct AwsProviderConfig {
     pub mount_timeout: Duration,
     /// EKS Pod Identity Agent addresses.
     pub pod_identity: PodIdentityAgentConfig,
+    /// AWS calls (Secrets Manager, SSM, STS) in flight at once, node-wide.
+    pub max_concurrent_aws_calls: usize,
 }
 
 impl Default for AwsProviderConfig {
@@ -67,6 +71,7 @@ impl Default for AwsProviderConfig {
             credential_refresh_margin: Duration::from_secs(5 * 60),
             mount_timeout: Duration::from_secs(25),
             pod_identity: PodIdentityAgentConfig::default(),
+            max_concurrent_aws_calls: DEFAULT_MAX_CONCURRENT_AWS_CALLS,
         }
     }
 }
@@ -139,11 +144,13 @@ impl AwsProvider {
             loader = loader.endpoint_url(url);
         }
         let base = loader.load().await;
+        let limit = CallLimit::new(config.max_concurrent_aws_calls);
         let resolver = identity::IdentityResolver::new(
             base.clone(),
             sa_cache::ServiceAccountCache::new(client),
             pod_identity::PodIdentityAgent::new(config.pod_identity.clone()),
             config.credential_refresh_margin,
+            limit.clone(),
             metrics.clone(),
         );
         let fetcher = fetch::Fetcher::new(
@@ -152,6 +159,7 @@ impl AwsProvider {
                 cache_ttl: config.cache_ttl,
                 ..FetchConfig::default()
             },
+            limit,
             metrics.clone(),
         );
         Self {
