@@ -31,7 +31,7 @@ enum Command {
 
 /// Third-party crates whose debug and trace events carry whole requests: the AWS SDK logs each
 /// request it transmits with its headers (the session token, the signature) and body (the web
-/// identity token of `AssumeRoleWithWebIdentity`), the HTTP and TLS stacks their frames. They stay
+/// identity token of `AssumeRoleWithWebIdentity`), the HTTP, HPACK and TLS stacks their frames. They stay
 /// at `info` whatever `RUST_LOG` asks, so the chart's highest verbosity cannot leak credentials.
 const CAPPED_AT_INFO: &[&str] = &[
     "aws_config",
@@ -43,6 +43,7 @@ const CAPPED_AT_INFO: &[&str] = &[
     "h2",
     "hyper",
     "hyper_util",
+    "loona_hpack",
     "rustls",
     "tonic",
     "tower",
