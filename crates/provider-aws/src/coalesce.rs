@@ -7,13 +7,18 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 type Slot<V> = Option<(V, Instant)>;
+
+/// How often [`Coalescer::spawn_sweeper`] drops expired entries: a cached value leaves memory
+/// (zeroized, for `SecretBytes` and `Credentials`) at most this long after its TTL, even on a
+/// node where no further mount happens.
+pub const SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
 struct Entry<V> {
     tx: watch::Sender<Slot<V>>,
@@ -110,12 +115,9 @@ impl<K: Eq + Hash + Clone, V: Clone> Coalescer<K, V> {
                 }
             }
         }
-        // Sweep expired entries now and then so memory follows the working set.
+        // Sweep here too when busy, so memory follows the working set between sweeper ticks.
         if map.len() > 64 {
-            map.retain(|_, e| match &*e.tx.borrow() {
-                Some((_, expires)) => *expires > now,
-                None => true,
-            });
+            retain_fresh(&mut map, now);
         }
         let (tx, _) = watch::channel(None);
         let entry = Arc::new(Entry { tx });
@@ -160,6 +162,32 @@ impl<K: Eq + Hash + Clone, V: Clone> Coalescer<K, V> {
         }
     }
 
+    /// Drops every expired entry (in-flight fetches stay).
+    pub fn sweep(&self) {
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        retain_fresh(&mut map, Instant::now());
+    }
+
+    /// Sweeps every `period` until the coalescer is dropped. Needs a tokio runtime.
+    pub fn spawn_sweeper(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()>
+    where
+        K: Send + Sync + 'static,
+        V: Send + Sync + 'static,
+    {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(c) => c.sweep(),
+                    None => return,
+                }
+            }
+        })
+    }
+
     /// Forgets `key` (for example after credentials were rejected).
     pub fn invalidate(&self, key: &K) {
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -182,6 +210,13 @@ impl<K: Eq + Hash + Clone, V: Clone> Coalescer<K, V> {
             map.remove(key);
         }
     }
+}
+
+fn retain_fresh<K, V>(map: &mut HashMap<K, Arc<Entry<V>>>, now: Instant) {
+    map.retain(|_, e| match &*e.tx.borrow() {
+        Some((_, expires)) => *expires > now,
+        None => true,
+    });
 }
 
 #[cfg(test)]
@@ -252,6 +287,35 @@ mod tests {
             .get_or_fetch(&("role-b", "s"), ttl, || async { Ok(2) })
             .await;
         assert_eq!(b2, Ok(2), "errors are not cached");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_values_leave_memory_without_another_lookup() {
+        let c: Arc<Coalescer<&str, Arc<u32>>> = Arc::default();
+        let sweeper = c.spawn_sweeper(SWEEP_PERIOD);
+        let value = Arc::new(7);
+        let held = Arc::downgrade(&value);
+        c.get_or_fetch(&"k", |_| Duration::from_secs(5), || async { value })
+            .await;
+        let in_flight = match c.lookup(&"other") {
+            Lookup::Claimed(claim) => claim,
+            _ => panic!("claims"),
+        };
+        // Still within the TTL: kept.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(held.upgrade().is_some());
+        // TTL plus one sweep period later, with no lookup in between: gone.
+        tokio::time::sleep(Duration::from_secs(1) + SWEEP_PERIOD).await;
+        assert!(
+            held.upgrade().is_none(),
+            "the expired value is still in memory"
+        );
+        assert_eq!(c.len(), 1, "an in-flight fetch is not swept");
+        drop(in_flight);
+        // The sweeper ends with its coalescer.
+        drop(c);
+        tokio::time::sleep(SWEEP_PERIOD * 2).await;
+        assert!(sweeper.is_finished());
     }
 
     #[tokio::test(start_paused = true)]

@@ -105,6 +105,12 @@ impl Fetcher {
         }
     }
 
+    /// Drops expired values every `period` until the fetcher is dropped (see
+    /// [`Coalescer::spawn_sweeper`]).
+    pub fn spawn_sweeper(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+        self.coalescer.spawn_sweeper(period)
+    }
+
     /// Fetches `objects` as `identity` (in `identity.region`), one result per object, in order.
     pub async fn fetch(
         &self,

@@ -262,6 +262,11 @@ impl IdentityResolver {
         }
     }
 
+    /// Drops expired credentials every `period` until the resolver is dropped.
+    pub fn spawn_sweeper(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+        self.cache.spawn_sweeper(period)
+    }
+
     /// The identity of the pod behind `params`, without credentials (cheap; no AWS call).
     pub async fn identity(
         &self,

@@ -162,6 +162,10 @@ impl AwsProvider {
             limit,
             metrics.clone(),
         );
+        // Expired values and credentials leave memory even on a node where no mount follows;
+        // each sweeper ends when its cache is dropped with the provider.
+        resolver.spawn_sweeper(coalesce::SWEEP_PERIOD);
+        fetcher.spawn_sweeper(coalesce::SWEEP_PERIOD);
         Self {
             inner: mount::Mounter {
                 config,
