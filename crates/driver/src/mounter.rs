@@ -151,10 +151,14 @@ impl Mounter {
             if !self.is_mount_point(target)? {
                 break;
             }
-            match nix::mount::umount2(target, MntFlags::empty()) {
+            // Never through a symlink: a target swapped for a link to a host path between the
+            // mount-point check and here must not detach what the link names.
+            match nix::mount::umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
                 Ok(()) => {}
-                Err(nix::Error::EBUSY) => nix::mount::umount2(target, MntFlags::MNT_DETACH)
-                    .map_err(nix_err("lazy unmount", target))?,
+                Err(nix::Error::EBUSY) => {
+                    nix::mount::umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
+                        .map_err(nix_err("lazy unmount", target))?
+                }
                 Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => break,
                 Err(e) => return Err(nix_err("unmount", target)(e)),
             }
