@@ -15,12 +15,26 @@ use secrets_store_api::labels::{MANAGED as MANAGED_LABEL, MANAGED_VALUE};
 
 const TLS_TYPE: &str = "kubernetes.io/tls";
 
+/// The Secret types a `secretObjects[]` entry may ask for: the ones whose data is exactly what the
+/// class puts in. Upstream also syncs `kubernetes.io/service-account-token` (the API server's
+/// token controller then mints a token of the ServiceAccount the class's annotations name into
+/// it, for anyone who may read the Secret), `bootstrap.kubernetes.io/token` (a credential that
+/// joins nodes to the cluster) and any custom type; those are refused here.
+pub const SYNCABLE_TYPES: &[&str] = &[
+    "Opaque",
+    "kubernetes.io/basic-auth",
+    "kubernetes.io/dockercfg",
+    "kubernetes.io/dockerconfigjson",
+    "kubernetes.io/ssh-auth",
+    TLS_TYPE,
+];
+
 /// A Secret as `secretObjects[]` describes it, with its data resolved from the mounted files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredSecret {
     /// The Secret's name (in the pod's namespace).
     pub name: String,
-    /// The Secret's type, passed through as written (trimmed).
+    /// The Secret's type (trimmed), one of [`SYNCABLE_TYPES`].
     pub type_: String,
     /// Labels from the class plus [`MANAGED_LABEL`].
     pub labels: BTreeMap<String, String>,
@@ -46,6 +60,19 @@ pub enum DesiredSecretError {
         index: usize,
         /// The Secret's name.
         secret: String,
+    },
+    /// `type` is not one of [`SYNCABLE_TYPES`].
+    #[error(
+        "secretObjects[{index}] (secret {secret:?}): type {type_:?} is not synced; allowed types: {}",
+        SYNCABLE_TYPES.join(", ")
+    )]
+    UnsupportedType {
+        /// Position in `secretObjects`.
+        index: usize,
+        /// The Secret's name.
+        secret: String,
+        /// The type asked for.
+        type_: String,
     },
     /// `data` is empty.
     #[error("secretObjects[{index}] (secret {secret:?}): data is empty")]
@@ -107,6 +134,13 @@ pub fn desired_secret(
         return Err(DesiredSecretError::NoType {
             index,
             secret: name,
+        });
+    }
+    if !SYNCABLE_TYPES.contains(&type_.as_str()) {
+        return Err(DesiredSecretError::UnsupportedType {
+            index,
+            secret: name,
+            type_,
         });
     }
     if object.data.is_empty() {
@@ -311,6 +345,40 @@ mod tests {
             err.to_string(),
             "secret \"s\": key \"k\" refers to objectName \"b\", but the volume has no such file (mounted: a)"
         );
+    }
+
+    #[test]
+    fn only_types_whose_data_the_class_controls_are_synced() {
+        let f = files(&[("a", "1")]);
+        for allowed in SYNCABLE_TYPES {
+            let result = desired_secret(0, &object("s", allowed, &[("a", "k")]), &f);
+            // A TLS entry gets further and fails on the content, not on the type.
+            assert!(
+                !matches!(result, Err(DesiredSecretError::UnsupportedType { .. })),
+                "{allowed}: {result:?}"
+            );
+        }
+        for refused in [
+            "kubernetes.io/service-account-token",
+            "bootstrap.kubernetes.io/token",
+            "opaque",
+            "example.com/custom",
+            "kubernetes.io/Opaque",
+        ] {
+            let err = desired_secret(4, &object("s", refused, &[("a", "k")]), &f).unwrap_err();
+            assert_eq!(
+                err,
+                DesiredSecretError::UnsupportedType {
+                    index: 4,
+                    secret: "s".into(),
+                    type_: refused.trim().into(),
+                },
+                "{refused}"
+            );
+            let message = err.to_string();
+            assert!(message.contains(refused.trim()), "{message}");
+            assert!(message.contains("kubernetes.io/tls"), "{message}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use secrets_store_provider::SecretBytes;
 use sha2::Sha256;
+use tokio::sync::OnceCell;
 
 /// Workload annotation that opts in to rollouts: `"true"` restarts the workload when any synced
 /// Secret it consumes changes.
@@ -102,64 +103,143 @@ pub fn data_digest(key: &[u8], secret: &str, data: &BTreeMap<String, SecretBytes
 /// Name of the Secret (in the agent's namespace) that holds the per-cluster digest key.
 pub const DIGEST_KEY_SECRET: &str = "secrets-store-rs-rollout-key";
 
+/// The data key of [`DIGEST_KEY_SECRET`] that holds the digest key.
+pub const DIGEST_KEY_FIELD: &str = "key";
+
+/// The shortest digest key accepted: below this, the digests of short values could be guessed.
+pub const MIN_KEY_BYTES: usize = 16;
+
 /// Patches opted-in workloads when a synced Secret's data changes.
 #[derive(Clone)]
 pub struct Rollout {
     client: Client,
-    key: Arc<SecretBytes>,
+    key_namespace: String,
+    /// Loaded on first use and kept; a failed load is tried again on the next change.
+    key: Arc<OnceCell<SecretBytes>>,
     recorder: Recorder,
 }
 
-/// Why a rollout could not be triggered.
+/// Why a rollout could not be triggered. Never contains the key or Secret data.
 #[derive(Debug, thiserror::Error)]
-#[error("rolling out consumers of Secret {namespace}/{secret}: {source}")]
-pub struct RolloutError {
-    namespace: String,
-    secret: String,
-    source: kube::Error,
+pub enum RolloutError {
+    /// The per-cluster digest key is not available: nothing was rolled.
+    #[error("rolling out consumers of Secret {namespace}/{secret}: {source}")]
+    Key {
+        /// Namespace of the changed Secret.
+        namespace: String,
+        /// Name of the changed Secret.
+        secret: String,
+        /// Why there is no key.
+        source: KeyError,
+    },
+    /// Listing or patching the workloads failed.
+    #[error("rolling out consumers of Secret {namespace}/{secret}: {source}")]
+    Workloads {
+        /// Namespace of the changed Secret.
+        namespace: String,
+        /// Name of the changed Secret.
+        secret: String,
+        /// The client error.
+        source: kube::Error,
+    },
+}
+
+/// Why the per-cluster digest key could not be loaded. Names the Secret, never its bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key Secret could not be read or created.
+    #[error(
+        "reading or creating the rollout digest key Secret {namespace}/{DIGEST_KEY_SECRET}: {source}"
+    )]
+    Api {
+        /// The agent's namespace.
+        namespace: String,
+        /// The client error.
+        source: kube::Error,
+    },
+    /// The key Secret exists but holds no usable key. The agent does not overwrite it (every node
+    /// must use the same key, and whoever wrote it may have meant it); rollout stays off until it
+    /// is fixed or deleted (a deleted one is created anew on the next change).
+    #[error(
+        "the rollout digest key Secret {namespace}/{DIGEST_KEY_SECRET} is malformed ({problem}); rollout on Secret change is off until it is deleted (the agent then creates a new one) or holds at least {MIN_KEY_BYTES} random bytes under data key {DIGEST_KEY_FIELD:?}"
+    )]
+    Malformed {
+        /// The agent's namespace.
+        namespace: String,
+        /// What is wrong with it.
+        problem: KeyProblem,
+    },
+}
+
+/// What is wrong with a stored digest key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyProblem {
+    /// No data key [`DIGEST_KEY_FIELD`].
+    #[error("no data key {DIGEST_KEY_FIELD:?}; data keys present: [{}]", .0.join(", "))]
+    Missing(Vec<String>),
+    /// The value is shorter than [`MIN_KEY_BYTES`] (empty included).
+    #[error("data key {DIGEST_KEY_FIELD:?} holds {0} bytes, fewer than {MIN_KEY_BYTES}")]
+    TooShort(usize),
 }
 
 impl Rollout {
-    /// Loads the per-cluster digest key from `key_namespace`, creating it on first use.
-    pub async fn new(
-        client: Client,
-        key_namespace: &str,
-        reporter: Reporter,
-    ) -> Result<Self, kube::Error> {
-        let api: Api<Secret> = Api::namespaced(client.clone(), key_namespace);
-        let key = match api.get_opt(DIGEST_KEY_SECRET).await? {
-            Some(secret) => stored_key(&secret),
-            None => None,
-        };
-        let key = match key {
-            Some(key) => key,
-            None => {
-                let mut fresh = vec![0u8; 32];
-                rand::fill(&mut fresh[..]);
-                let secret = Secret {
-                    metadata: ObjectMeta {
-                        name: Some(DIGEST_KEY_SECRET.into()),
-                        ..Default::default()
-                    },
-                    data: Some(BTreeMap::from([("key".to_string(), ByteString(fresh))])),
-                    ..Default::default()
-                };
-                // Another node may win the race; whoever loses reads the winner's key.
-                match api.create(&PostParams::default(), &secret).await {
-                    Ok(created) => stored_key(&created),
-                    Err(kube::Error::Api(e)) if e.code == 409 => {
-                        stored_key(&api.get(DIGEST_KEY_SECRET).await?)
-                    }
-                    Err(e) => return Err(e),
-                }
-                .expect("the digest key Secret has a key")
-            }
-        };
-        Ok(Self {
+    /// Rolls workloads using the per-cluster digest key in `key_namespace`, which is read (or
+    /// created, on first use in the cluster) when first needed: an API server that is down when
+    /// the agent starts, or a malformed key Secret someone fixes later, does not disable rollout
+    /// for the agent's lifetime.
+    pub fn new(client: Client, key_namespace: &str, reporter: Reporter) -> Self {
+        Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            key: Arc::new(key),
-        })
+            key_namespace: key_namespace.to_string(),
+            key: Arc::default(),
+        }
+    }
+
+    /// Loads the digest key now (at start, so that a malformed one is reported early).
+    pub async fn load_key(&self) -> Result<(), KeyError> {
+        self.key().await.map(|_| ())
+    }
+
+    async fn key(&self) -> Result<&SecretBytes, KeyError> {
+        self.key.get_or_try_init(|| self.read_or_create_key()).await
+    }
+
+    async fn read_or_create_key(&self) -> Result<SecretBytes, KeyError> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.key_namespace);
+        let api_error = |source| KeyError::Api {
+            namespace: self.key_namespace.clone(),
+            source,
+        };
+        let malformed = |problem| KeyError::Malformed {
+            namespace: self.key_namespace.clone(),
+            problem,
+        };
+        if let Some(secret) = api.get_opt(DIGEST_KEY_SECRET).await.map_err(api_error)? {
+            return stored_key(&secret).map_err(malformed);
+        }
+        let mut fresh = vec![0u8; 32];
+        rand::fill(&mut fresh[..]);
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(DIGEST_KEY_SECRET.into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                DIGEST_KEY_FIELD.to_string(),
+                ByteString(fresh),
+            )])),
+            ..Default::default()
+        };
+        // Another node may win the race; whoever loses reads the winner's key.
+        let stored = match api.create(&PostParams::default(), &secret).await {
+            Ok(created) => created,
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                api.get(DIGEST_KEY_SECRET).await.map_err(api_error)?
+            }
+            Err(e) => return Err(api_error(e)),
+        };
+        stored_key(&stored).map_err(malformed)
     }
 
     /// Rolls every opted-in Deployment, StatefulSet and DaemonSet in `namespace` that consumes
@@ -171,9 +251,14 @@ impl Rollout {
         secret: &str,
         data: &BTreeMap<String, SecretBytes>,
     ) -> Result<Vec<String>, RolloutError> {
-        let digest = data_digest(self.key.expose(), secret, data);
+        let key = self.key().await.map_err(|source| RolloutError::Key {
+            namespace: namespace.into(),
+            secret: secret.into(),
+            source,
+        })?;
+        let digest = data_digest(key.expose(), secret, data);
         let annotation = digest_annotation(secret);
-        let wrap = |source| RolloutError {
+        let wrap = |source| RolloutError::Workloads {
             namespace: namespace.into(),
             secret: secret.into(),
             source,
@@ -265,9 +350,17 @@ impl Rollout {
     }
 }
 
-fn stored_key(secret: &Secret) -> Option<SecretBytes> {
-    let key = secret.data.as_ref()?.get("key")?;
-    (!key.0.is_empty()).then(|| SecretBytes::new(key.0.clone()))
+/// The digest key a key Secret holds, or what is wrong with it.
+fn stored_key(secret: &Secret) -> Result<SecretBytes, KeyProblem> {
+    let data = secret.data.as_ref();
+    let Some(key) = data.and_then(|d| d.get(DIGEST_KEY_FIELD)) else {
+        let present = data.into_iter().flat_map(|d| d.keys().cloned()).collect();
+        return Err(KeyProblem::Missing(present));
+    };
+    if key.0.len() < MIN_KEY_BYTES {
+        return Err(KeyProblem::TooShort(key.0.len()));
+    }
+    Ok(SecretBytes::new(key.0.clone()))
 }
 
 #[cfg(test)]
@@ -309,6 +402,55 @@ mod tests {
         );
         assert!(!a.contains("secretkey"));
         assert_eq!(a.len(), 64);
+    }
+
+    fn key_secret(data: Option<&[(&str, &[u8])]>) -> Secret {
+        Secret {
+            data: data.map(|d| {
+                d.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                    .collect()
+            }),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn a_malformed_key_secret_is_a_clear_error_never_a_panic() {
+        let good = [7u8; 32];
+        assert_eq!(
+            stored_key(&key_secret(Some(&[("key", &good)])))
+                .unwrap()
+                .expose(),
+            &good
+        );
+        assert_eq!(
+            stored_key(&key_secret(None)).unwrap_err(),
+            KeyProblem::Missing(vec![])
+        );
+        assert_eq!(
+            stored_key(&key_secret(Some(&[("hmac", &good), ("other", b"x")]))).unwrap_err(),
+            KeyProblem::Missing(vec!["hmac".into(), "other".into()])
+        );
+        assert_eq!(
+            stored_key(&key_secret(Some(&[("key", b"")]))).unwrap_err(),
+            KeyProblem::TooShort(0)
+        );
+        assert_eq!(
+            stored_key(&key_secret(Some(&[("key", b"short")]))).unwrap_err(),
+            KeyProblem::TooShort(5)
+        );
+        let error = KeyError::Malformed {
+            namespace: "kube-system".into(),
+            problem: KeyProblem::TooShort(5),
+        }
+        .to_string();
+        assert!(
+            error.contains("kube-system/secrets-store-rs-rollout-key")
+                && error.contains("5 bytes")
+                && error.contains("deleted"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -168,22 +168,28 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if args.enable_secret_rotation {
         service = service.with_rotation(args.rotation_poll_interval);
     }
+    let mut secret_sync = None;
     if args.enable_secret_sync {
         let node = NodeVolumes::new(&args.node_id, &args.kubelet_dir);
-        let (mut sync, watches) =
-            SecretSync::new(client.clone(), node, Arc::new(service.classes()));
+        let (sync, watches) = SecretSync::new(client.clone(), node, Arc::new(service.classes()));
         tokio::spawn(watches);
-        // Rollout is opt-in per workload; without its key Secret, sync still works.
-        match Rollout::new(client.clone(), &args.namespace, reporter(&args.node_id)).await {
-            Ok(rollout) => sync = sync.with_rollout(rollout),
-            Err(e) => {
-                tracing::warn!(namespace = %args.namespace, error = %e, "rollout on Secret change disabled: no digest key");
+        // Rollout is opt-in per workload; its key is loaded on first use (and retried), so an
+        // unreachable API server or a malformed key Secret never stops the agent or the sync.
+        let rollout = Rollout::new(client.clone(), &args.namespace, reporter(&args.node_id));
+        tokio::spawn({
+            let rollout = rollout.clone();
+            async move {
+                if let Err(e) = rollout.load_key().await {
+                    tracing::warn!(error = %e, "rollout on Secret change unavailable for now");
+                }
             }
-        }
+        });
+        let sync = sync.with_rollout(rollout);
         tokio::spawn(
             sync.clone()
                 .run_reconciler(args.secret_reconcile_interval, reporter(&args.node_id)),
         );
+        secret_sync = Some(sync.clone());
         service = service.with_hook(Arc::new(SecretSyncHook::new(sync)));
     }
     if args.provider_health_check {
@@ -197,6 +203,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             dirs,
             args.provider_health_check_interval,
         ));
+    }
+    // Before anything publishes: kubelet's calls and the self-refresh alike.
+    if let Some(sync) = secret_sync {
+        await_secret_sync(&sync).await;
     }
     if args.rotation_self_refresh {
         // Rotation reaches pods after the poll interval, not after it plus kubelet's sync period.
@@ -212,6 +222,29 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     serve(service, config, super::signal::shutdown())
         .await
         .context("serving the node agent")
+}
+
+/// How long the agent waits for the secret sync watches' first list before it serves anyway
+/// (well inside the chart's liveness allowance of 10 s + 5 × 15 s: `/healthz` is served with the
+/// CSI socket).
+const SYNC_CACHE_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits (at most [`SYNC_CACHE_WAIT`]) until the secret sync watches have listed once. A publish
+/// served before would compute a synced Secret's owners from an empty list of this node's pod
+/// statuses and drop every other consumer from them. Past the bound kubelet gets served anyway:
+/// an unreachable API server must not keep the driver unregistered.
+async fn await_secret_sync(sync: &SecretSync) {
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(SYNC_CACHE_WAIT, sync.ready()).await {
+        Ok(()) => tracing::info!(
+            waited = ?started.elapsed(),
+            "secret sync caches listed; serving"
+        ),
+        Err(_) => tracing::warn!(
+            waited = ?SYNC_CACHE_WAIT,
+            "secret sync caches not listed yet (is the API server reachable?); serving anyway: until they are, a synced Secret's owners may miss other pods on this node"
+        ),
+    }
 }
 
 /// Builds the in-process AWS provider; its metrics go into `registry`.

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -17,13 +18,15 @@ use secrets_store_provider::SecretBytes;
 use tokio::sync::{Mutex, Notify};
 
 use crate::consumers::{consumers_of, pod_status_owner};
-use crate::desired::{DesiredSecretError, desired_secret, is_managed};
+use crate::desired::{DesiredSecretError, desired_secret};
 use crate::files::VolumeFiles;
 use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_references};
 use crate::rollout::Rollout;
 use crate::target::{NodeVolumes, UntrustedTarget, VerifiedTarget};
+use write::{SecretVersions, SecretWrite, VerifiedVersions, keep_version_only};
 
 mod reconcile;
+mod write;
 
 /// A volume that was just mounted (or remounted) and whose synced Secrets must be written.
 pub struct SyncRequest<'a> {
@@ -98,6 +101,19 @@ pub enum SyncError {
     /// The mount table could not be read, so no target path can be verified.
     #[error("reading the mount table /proc/self/mountinfo: {0}")]
     MountTable(std::io::Error),
+    /// The Secret was created, deleted or replaced between reading and writing it every time
+    /// (the writes carry a precondition, so nothing was overwritten).
+    #[error(
+        "Secret {namespace}/{name} was created, deleted or replaced between reading and writing it, {attempts} times in a row; nothing was overwritten"
+    )]
+    Contended {
+        /// Namespace of the Secret.
+        namespace: String,
+        /// Name of the Secret.
+        name: String,
+        /// How many times it was tried.
+        attempts: usize,
+    },
     /// The API server refused or could not be reached.
     #[error("writing Secret {namespace}/{name} to the API server: {source}")]
     Api {
@@ -115,7 +131,10 @@ impl SyncError {
     /// as opposed to a configuration problem someone must fix.
     pub fn retryable(&self) -> bool {
         match self {
-            Self::Api { .. } | Self::ReadFiles { .. } | Self::MountTable(_) => true,
+            Self::Api { .. }
+            | Self::Contended { .. }
+            | Self::ReadFiles { .. }
+            | Self::MountTable(_) => true,
             Self::UntrustedTarget { source, .. } => !source.is_suspicious(),
             _ => false,
         }
@@ -129,9 +148,10 @@ impl SyncError {
             }
             Self::NotManaged { .. } => "SecretNotManaged",
             Self::UntrustedTarget { .. } => "UntrustedPodStatus",
-            Self::Api { .. } | Self::ReadFiles { .. } | Self::MountTable(_) => {
-                "FailedToCreateSecret"
-            }
+            Self::Api { .. }
+            | Self::Contended { .. }
+            | Self::ReadFiles { .. }
+            | Self::MountTable(_) => "FailedToCreateSecret",
         }
     }
 }
@@ -166,7 +186,10 @@ pub struct SecretSync {
     field_manager: String,
     statuses: Store<SecretProviderClassPodStatus>,
     pods: Store<Pod>,
-    secrets: Store<Secret>,
+    /// Managed Secrets by identity and version only: their data is read only for the Secrets
+    /// this node writes, and only when `verified` cannot vouch for them.
+    secrets: SecretVersions,
+    verified: VerifiedVersions,
     classes: Arc<dyn ClassLookup>,
     locks: Arc<StdMutex<SecretLocks>>,
     secrets_changed: Arc<Notify>,
@@ -177,8 +200,9 @@ pub struct SecretSync {
 }
 
 impl SecretSync {
-    /// Starts the watches this needs (this node's pods and pod statuses, and only the Secrets that
-    /// carry our managed label) and returns the syncer plus the future that drives the watches.
+    /// Starts the watches this needs (this node's pods and pod statuses, and the metadata of the
+    /// Secrets that carry our managed label) and returns the syncer plus the future that drives
+    /// the watches.
     pub fn new(
         client: Client,
         node: NodeVolumes,
@@ -203,16 +227,18 @@ impl SecretSync {
                 watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
             ),
         );
+        // Metadata only: any tenant may put the label on any number of Secrets of any size.
         let secret_stream = reflector::reflector(
             secret_writer,
             watcher(
-                Api::<Secret>::all(client.clone()),
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
                 watcher::Config::default().labels(&format!(
                     "{}={}",
                     labels::MANAGED,
                     labels::MANAGED_VALUE
                 )),
-            ),
+            )
+            .modify(keep_version_only),
         );
         let secrets_changed = Arc::new(Notify::new());
         let changed = secrets_changed.clone();
@@ -234,6 +260,7 @@ impl SecretSync {
             statuses,
             pods,
             secrets,
+            verified: VerifiedVersions::new(),
             classes,
             locks: Arc::default(),
             secrets_changed,
@@ -343,57 +370,18 @@ impl SecretSync {
                 source: Box::new(source),
             }
         })?;
-        let desired = &desired;
         let consumers = self.consumers(namespace, &desired.name, volume).await;
         let owners = owner_references(lifetime, &consumers);
-        let api_error = |source| SyncError::Api {
-            namespace: namespace.to_string(),
-            name: desired.name.clone(),
-            source,
-        };
         let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let cached = self
-            .secrets
-            .get(&ObjectRef::new(&desired.name).within(namespace));
-        let live = match cached {
-            Some(secret) => Some(secret),
-            // Not in our (managed-only) cache: either absent, just created, or someone else's.
-            None => api
-                .get_opt(&desired.name)
-                .await
-                .map_err(api_error)?
-                .map(Arc::new),
-        };
-        if let Some(live) = &live {
-            if !is_managed(live) {
-                return Err(SyncError::NotManaged {
-                    namespace: namespace.to_string(),
-                    name: desired.name.clone(),
-                });
-            }
-            if desired.is_satisfied_by(live, &owners) {
-                return Ok(Outcome::Unchanged);
-            }
+        SecretWrite {
+            api: &api,
+            namespace,
+            desired: &desired,
+            owners: &owners,
+            field_manager: &self.field_manager,
         }
-        let data_changed = live.as_ref().is_some_and(|l| {
-            let live_data = l.data.clone().unwrap_or_default();
-            live_data.len() != desired.data.len()
-                || desired
-                    .data
-                    .iter()
-                    .any(|(k, v)| live_data.get(k).is_none_or(|b| b.0 != v.expose()))
-        });
-        let params = PatchParams::apply(&self.field_manager).force();
-        api.patch(
-            &desired.name,
-            &params,
-            &Patch::Apply(desired.to_secret(namespace, owners)),
-        )
+        .run(&self.secrets, &self.verified)
         .await
-        .map_err(api_error)?;
-        Ok(Outcome::Applied {
-            data_changed: data_changed.then(|| desired.data.clone()),
-        })
     }
 
     /// This node's consumers of a Secret, always including the volume being published (the
