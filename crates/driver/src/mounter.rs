@@ -429,6 +429,20 @@ mod tests {
     }
 
     #[test]
+    fn a_symlinked_target_never_unmounts_what_it_points_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("pods/uid/volumes/v/mount");
+        let m = Mounter::new("1Mi");
+        m.mount(&real).unwrap();
+        let link = dir.path().join("pods/uid/volumes/w/mount");
+        fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(m.unmount_and_remove(&link).is_err(), "a link is not a target");
+        assert!(m.is_mount_point(&real).unwrap(), "what it names stays mounted");
+        m.unmount_and_remove(&real).unwrap();
+    }
+
+    #[test]
     fn foreign_mounts_are_refused() {
         // `/proc` is always mounted and never a tmpfs.
         let m = Mounter::default();
