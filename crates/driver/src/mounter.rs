@@ -437,8 +437,14 @@ mod tests {
         let link = dir.path().join("pods/uid/volumes/w/mount");
         fs::create_dir_all(link.parent().unwrap()).unwrap();
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        assert!(m.unmount_and_remove(&link).is_err(), "a link is not a target");
-        assert!(m.is_mount_point(&real).unwrap(), "what it names stays mounted");
+        assert!(
+            m.unmount_and_remove(&link).is_err(),
+            "a link is not a target"
+        );
+        assert!(
+            m.is_mount_point(&real).unwrap(),
+            "what it names stays mounted"
+        );
         m.unmount_and_remove(&real).unwrap();
     }
 

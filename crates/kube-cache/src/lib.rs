@@ -79,11 +79,7 @@ where
             .field("kind", &std::any::type_name::<K>())
             .field(
                 "namespaces",
-                &self
-                    .namespaces
-                    .lock()
-                    .map(|m| m.len())
-                    .unwrap_or_default(),
+                &self.namespaces.lock().map(|m| m.len()).unwrap_or_default(),
             )
             .finish()
     }

@@ -19,7 +19,6 @@ use crate::volume_context::{TOKENS_KEY, VolumeContext};
 use crate::writer::{AtomicWriter, WriteOutcome};
 
 impl NodeService {
-
     pub(super) async fn fill_volume(
         &self,
         req: &PublishRequest,
