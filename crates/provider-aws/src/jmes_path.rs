@@ -11,7 +11,7 @@
 
 use serde_json::Value;
 
-use crate::limits::{Exceeded, Limit};
+use crate::limits::{Exceeded, Limit, SHOWN_PATH_BYTES, shown};
 
 /// What an expression may be, for error messages.
 const SUPPORTED: &str = "jmesPath supports key paths: keys (username), quoted keys (\"my-key\"), \
@@ -246,7 +246,10 @@ impl Parser<'_> {
         }
         let Ok(index) = digits.parse::<i64>() else {
             self.pos = start;
-            return self.error(format!("index {digits} is out of range"));
+            return self.error(format!(
+                "index {} is out of range",
+                shown(digits, SHOWN_PATH_BYTES)
+            ));
         };
         self.skip_whitespace();
         match self.peek() {

@@ -85,6 +85,15 @@ fn everything_else_is_refused_naming_the_feature() {
 }
 
 #[test]
+fn a_huge_index_is_named_without_echoing_it() {
+    // Found by the jmes_path fuzz target: 1,000 digits came back whole in the message.
+    let e = refused(&format!("a[2{}]", "0".repeat(1000))).to_string();
+    let shown = format!("index 2{}… (1001 bytes) is out of range", "0".repeat(47));
+    assert!(e.contains(&shown), "{e}");
+    assert!(e.len() < 400, "{e}");
+}
+
+#[test]
 fn an_unquoted_hyphen_gets_the_quoting_hint() {
     let e = refused("my-key").to_string();
     assert!(e.contains("'-' is not supported at byte 2"), "{e}");
