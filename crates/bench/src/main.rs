@@ -7,6 +7,7 @@ mod latency;
 mod load;
 mod plot;
 mod procfs;
+mod real_node;
 mod report;
 mod results;
 mod stack;
@@ -26,7 +27,9 @@ use crate::stack::{RunningStack, StackConfig, StackKind};
 #[command(version, about)]
 struct Args {
     /// Scenarios to run (3 needs 2's pods, so it runs 2 too; 4 and 6 ride along with 2 and 3).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
+    /// 7 is the real node (kubelet + containerd): it runs last, on its own, and `--scenarios 7
+    /// --write .` replaces only its part of BENCHMARKS.md's generated block.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
     scenarios: Vec<u8>,
     /// Timed publishes per stack in scenario 1 (and floor samples).
     #[arg(long, default_value_t = 200)]
@@ -54,6 +57,18 @@ struct Args {
         default_value = "ours,upstream-driver,upstream-pair"
     )]
     stacks: Vec<StackKind>,
+    /// Scenario 7: timed seed Deployment starts per stack (after one untimed warm-up start).
+    #[arg(long, default_value_t = 10)]
+    real_node_starts: usize,
+    /// Scenario 7: rotation samples per column.
+    #[arg(long, default_value_t = 5)]
+    real_node_rotations: usize,
+    /// Scenario 7: the drivers' rotation poll interval, seconds.
+    #[arg(long, default_value_t = 10)]
+    real_node_poll_seconds: u64,
+    /// Scenario 7: kubelet's `syncFrequency` (its republish period), seconds; kubelet's default.
+    #[arg(long, default_value_t = 60)]
+    real_node_sync_seconds: u64,
     /// Repository root: write `BENCHMARKS.md` and `docs/bench/bench.png` there.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -70,11 +85,52 @@ const CHART_CACHE_TTL_SECONDS: f64 = 5.0;
 /// Publishes before timing starts, so connections and caches are warm.
 const WARMUP: usize = 3;
 
+/// What scenarios 1–6 produced, for printing and writing.
+struct ClusterRun {
+    table: String,
+    results: Vec<StackResults>,
+    kinds: Vec<StackKind>,
+    floor: Vec<Duration>,
+    skipped: Vec<(StackKind, String)>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let wants = |n: u8| args.scenarios.contains(&n);
     let cluster = Cluster::shared();
+    let cluster_run = if args.scenarios.iter().any(|n| (1..=6).contains(n)) {
+        let run = cluster_scenarios(&args, cluster).await?;
+        println!("{}", run.table);
+        Some(run)
+    } else {
+        None
+    };
+    // Last: the real node cordons the simulator's Node and needs the CSIDriver to itself.
+    let real = if args.scenarios.contains(&7) {
+        let settings = real_node::Settings {
+            starts: args.real_node_starts,
+            rotations: args.real_node_rotations,
+            poll: Duration::from_secs(args.real_node_poll_seconds),
+            sync_frequency: Duration::from_secs(args.real_node_sync_seconds),
+            upstream: args.stacks.contains(&StackKind::UpstreamDriver),
+        };
+        let binary = stack::our_binary().map_err(anyhow::Error::msg)?;
+        let results = real_node::run(cluster, &binary, &settings).await?;
+        let tables = results.tables();
+        println!("{tables}");
+        Some(tables)
+    } else {
+        None
+    };
+    if let Some(root) = &args.write {
+        write_outputs(root, &args, cluster_run.as_ref(), real.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Scenarios 1–6 against the kubelet simulator.
+async fn cluster_scenarios(args: &Args, cluster: &'static Cluster) -> anyhow::Result<ClusterRun> {
+    let wants = |n: u8| args.scenarios.contains(&n);
     fixtures::ensure_csi_driver(cluster).await?;
     let cfg = StackConfig {
         rotation_poll: Duration::from_secs(2),
@@ -244,11 +300,13 @@ async fn main() -> anyhow::Result<()> {
         floor: &floor,
     };
     let text = report::table(&table.header(), &table.rows());
-    println!("{text}");
-    if let Some(root) = &args.write {
-        write_outputs(root, &args, &text, &results, &kinds, &floor, &skipped)?;
-    }
-    Ok(())
+    Ok(ClusterRun {
+        table: text,
+        results,
+        kinds,
+        floor,
+        skipped,
+    })
 }
 
 /// One sentence per stack: measured in this run, or why not.
@@ -270,21 +328,44 @@ fn stacks_line(kinds: &[StackKind], skipped: &[(StackKind, String)]) -> String {
 fn write_outputs(
     root: &std::path::Path,
     args: &Args,
-    table: &str,
-    results: &[StackResults],
-    kinds: &[StackKind],
-    floor: &[Duration],
-    skipped: &[(StackKind, String)],
+    cluster_run: Option<&ClusterRun>,
+    real_node: Option<&str>,
 ) -> anyhow::Result<()> {
+    let mut parts = Vec::new();
+    if let Some(run) = cluster_run {
+        draw_plot(root, run)?;
+        parts.push((
+            "cluster",
+            report::cluster_part(
+                &args_line(args),
+                &run.table,
+                &stacks_line(&run.kinds, &run.skipped),
+            ),
+        ));
+    }
+    if let Some(tables) = real_node {
+        parts.push((
+            "real-node",
+            report::real_node_part(&args_line(args), tables),
+        ));
+    }
+    let path = root.join("BENCHMARKS.md");
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, report::splice_parts(&existing, &parts))?;
+    Ok(())
+}
+
+fn draw_plot(root: &std::path::Path, run: &ClusterRun) -> anyhow::Result<()> {
     let dir = root.join("docs/bench");
     std::fs::create_dir_all(&dir)?;
-    let latencies: Vec<(&str, Vec<Duration>)> = kinds
+    let latencies: Vec<(&str, Vec<Duration>)> = run
+        .kinds
         .iter()
-        .zip(results)
+        .zip(&run.results)
         .map(|(k, r)| (k.label(), r.latencies.clone()))
         .collect();
     let mut calls: Vec<(String, f64)> = Vec::new();
-    for (k, r) in kinds.iter().zip(results) {
+    for (k, r) in run.kinds.iter().zip(&run.results) {
         if let Some(b) = &r.burst {
             calls.push((
                 format!("2 burst, {}", k.slug()),
@@ -299,36 +380,51 @@ fn write_outputs(
     plot::draw(
         &dir.join("bench.png"),
         &latencies,
-        report::percentile(floor, 50.0),
+        report::percentile(&run.floor, 50.0),
         &calls,
-    )?;
-    let path = root.join("BENCHMARKS.md");
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    let block = report::generated(&args_line(args), table, &stacks_line(kinds, skipped));
-    std::fs::write(&path, report::splice(&existing, &block))?;
-    Ok(())
+    )
 }
 
+/// The command line of this run, with every option that shapes the figures.
 fn args_line(args: &Args) -> String {
-    format!(
-        "secrets-store-bench --scenarios {} --iterations {} --pods {} --secrets {} \
-         --rotation-seconds {} --fill-secrets {} --fill-classes {} --stacks {}",
+    let mut line = format!(
+        "secrets-store-bench --scenarios {}",
         args.scenarios
             .iter()
             .map(u8::to_string)
             .collect::<Vec<_>>()
-            .join(","),
-        args.iterations,
-        args.pods,
-        args.secrets,
-        args.rotation_seconds,
-        args.fill_secrets,
-        args.fill_classes,
+            .join(",")
+    );
+    if args.scenarios.iter().any(|n| (1..=6).contains(n)) {
+        line.push_str(&format!(
+            " --iterations {} --pods {} --secrets {} --rotation-seconds {} --fill-secrets {} \
+             --fill-classes {}",
+            args.iterations,
+            args.pods,
+            args.secrets,
+            args.rotation_seconds,
+            args.fill_secrets,
+            args.fill_classes,
+        ));
+    }
+    if args.scenarios.contains(&7) {
+        line.push_str(&format!(
+            " --real-node-starts {} --real-node-rotations {} --real-node-poll-seconds {} \
+             --real-node-sync-seconds {}",
+            args.real_node_starts,
+            args.real_node_rotations,
+            args.real_node_poll_seconds,
+            args.real_node_sync_seconds,
+        ));
+    }
+    line.push_str(&format!(
+        " --stacks {}",
         args.stacks
             .iter()
             .filter_map(|k| k.to_possible_value())
             .map(|v| v.get_name().to_string())
             .collect::<Vec<_>>()
-            .join(","),
-    )
+            .join(",")
+    ));
+    line
 }

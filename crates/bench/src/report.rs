@@ -85,12 +85,77 @@ pub const BEGIN: &str =
 /// See [`BEGIN`].
 pub const END: &str = "<!-- bench:end -->";
 
-/// The generated block: date, machine, exact command, which stacks ran, table, plot.
-pub fn generated(command: &str, table: &str, stacks: &str) -> String {
+/// The generated block's part for scenarios 1–6: date, machine, exact command, which stacks ran,
+/// table, plot.
+pub fn cluster_part(command: &str, table: &str, stacks: &str) -> String {
     format!(
-        "{BEGIN}\n\nRun of {} UTC.\n\n### Machine\n\n{}\n### Command\n\n```\nmake bench\n# = cargo build --release -p secrets-store -p secrets-store-bench && \\\n#   target/release/{command} --write .\n```\n\n### Results\n\n{stacks}\n\n{table}\n![scenario 1 latency CDF and AWS calls per scenario](docs/bench/bench.png)\n\n{END}",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M"),
+        "Run of {} UTC.\n\n### Machine\n\n{}\n### Command\n\n```\nmake bench\n# = cargo build --release -p secrets-store -p secrets-store-bench && \\\n#   target/release/{command} --write .\n```\n\n### Results\n\n{stacks}\n\n{table}\n![scenario 1 latency CDF and AWS calls per scenario](docs/bench/bench.png)",
+        now(),
         machine(),
+    )
+}
+
+/// The generated block's part for scenario 7 (the real node): date, machine, command, tables.
+pub fn real_node_part(command: &str, tables: &str) -> String {
+    format!(
+        "### Real node (scenario 7)\n\nRun of {} UTC on the machine below (kubelet, containerd and runc on this \
+         machine, see the method).\n\n{}\n```\ncargo build --release --locked -p secrets-store -p secrets-store-bench\n\
+         target/release/{command} --write .\n```\n\n{tables}",
+        now(),
+        machine(),
+    )
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%d %H:%M").to_string()
+}
+
+/// The parts of the generated block, in order. A run replaces the parts it measured and keeps
+/// the others as last published, so `--scenarios 7` alone leaves scenarios 1–6's figures be.
+pub const PARTS: &[&str] = &["cluster", "real-node"];
+
+fn part_markers(name: &str) -> (String, String) {
+    (
+        format!("<!-- bench:part {name} -->"),
+        format!("<!-- bench:part {name} end -->"),
+    )
+}
+
+/// Part `name` of a generated block's inner text. A block written before the block had parts is
+/// all "cluster".
+fn old_part(inner: &str, name: &str) -> Option<String> {
+    let (b, e) = part_markers(name);
+    if let (Some(i), Some(j)) = (inner.find(&b), inner.find(&e))
+        && j > i
+    {
+        return Some(inner[i + b.len()..j].trim().to_string());
+    }
+    (name == PARTS[0] && !inner.contains("<!-- bench:part ") && !inner.trim().is_empty())
+        .then(|| inner.trim().to_string())
+}
+
+/// `existing` with its generated block rebuilt from `new` parts (name, text) and, for the parts
+/// not in `new`, the ones already there.
+pub fn splice_parts(existing: &str, new: &[(&str, String)]) -> String {
+    let inner = match (existing.find(BEGIN), existing.find(END)) {
+        (Some(b), Some(e)) if e > b => &existing[b + BEGIN.len()..e],
+        _ => "",
+    };
+    let parts: Vec<String> = PARTS
+        .iter()
+        .filter_map(|name| {
+            let text = new
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.trim().to_string())
+                .or_else(|| old_part(inner, name))?;
+            let (b, e) = part_markers(name);
+            Some(format!("{b}\n\n{text}\n\n{e}"))
+        })
+        .collect();
+    splice(
+        existing,
+        &format!("{BEGIN}\n\n{}\n\n{END}", parts.join("\n\n")),
     )
 }
 
@@ -126,6 +191,26 @@ mod tests {
         let again = splice(&doc, &format!("{BEGIN}\nnew\n{END}"));
         assert!(again.contains("new") && !again.contains("old"));
         assert!(again.contains("## Notes\nkept"));
+    }
+
+    #[test]
+    fn parts_are_replaced_one_at_a_time() {
+        // A block from before parts existed is the cluster part.
+        let legacy = format!("# B\n\n{BEGIN}\ncluster figures\n{END}\n\n## After\n");
+        let with_node = splice_parts(&legacy, &[("real-node", "node figures".into())]);
+        assert!(with_node.contains("cluster figures") && with_node.contains("node figures"));
+        assert!(with_node.find("cluster figures") < with_node.find("node figures"));
+        assert!(with_node.ends_with("## After\n"));
+        let new_cluster = splice_parts(&with_node, &[("cluster", "new cluster".into())]);
+        assert!(new_cluster.contains("new cluster") && !new_cluster.contains("cluster figures"));
+        assert!(new_cluster.contains("node figures"));
+        let both = splice_parts(
+            &new_cluster,
+            &[("cluster", "c2".into()), ("real-node", "n2".into())],
+        );
+        assert!(both.contains("c2") && both.contains("n2") && !both.contains("node figures"));
+        assert_eq!(both.matches(BEGIN).count(), 1);
+        assert_eq!(both.matches("<!-- bench:part real-node -->").count(), 1);
     }
 
     #[test]

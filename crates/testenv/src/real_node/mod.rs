@@ -48,6 +48,7 @@ mod config;
 mod control_plane;
 mod host;
 mod images;
+mod registrar;
 mod teardown;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -67,6 +68,7 @@ use teardown::{HostState, MachineLock};
 pub use agent::{AgentChart, AgentRelease};
 pub use host::HostSnapshot;
 pub use images::{AGENT_IMAGE, PAUSE_IMAGE, default_images_dir};
+pub use registrar::{Registrar, RegistrationOutcome};
 pub use teardown::mounts_under;
 pub(crate) use teardown::unmount_all_under;
 
