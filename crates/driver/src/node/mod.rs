@@ -16,8 +16,7 @@ use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
 use crate::budget::NodeBudget;
 use crate::classes::ClassCache;
 use crate::error::PublishError;
-// Also at the crate root, where users should take them from.
-pub use crate::hooks::{AfterMount, AfterMountError, MountedVolume};
+use crate::hooks::AfterMount;
 use crate::locks::VolumeLocks;
 use crate::metrics::Metrics;
 use crate::mounter::Mounter;
