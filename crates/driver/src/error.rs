@@ -25,9 +25,24 @@ pub enum PublishError {
     /// The request has no `volume_capability`.
     #[error("volume capability missing in request")]
     MissingCapability,
-    /// The target path is relative or has a `..` element.
-    #[error("target path {0:?} must be absolute without '..' elements")]
+    /// The target path is not where kubelet mounts a pod's CSI volume:
+    /// `<kubelet dir>/pods/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount`.
+    #[error(
+        "target path {0:?} is not <kubelet dir>/pods/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount under this agent's --kubelet-dir"
+    )]
     InvalidTargetPath(String),
+    /// The target path is a volume directory of another pod than the one the request is for.
+    #[error(
+        "target path {path:?} belongs to pod uid {path_uid:?}, not to the requesting pod (uid {pod_uid:?}); nothing was mounted"
+    )]
+    TargetOfAnotherPod {
+        /// kubelet's target path.
+        path: String,
+        /// The pod UID in the path.
+        path_uid: String,
+        /// The pod UID of the volume context.
+        pod_uid: String,
+    },
     /// A block volume was requested; this driver only provides filesystems.
     #[error("block volumes are not supported; use a filesystem (mount) volume")]
     BlockUnsupported,
@@ -151,6 +166,7 @@ impl PublishError {
             | Self::MissingTargetPath
             | Self::MissingCapability
             | Self::InvalidTargetPath(_)
+            | Self::TargetOfAnotherPod { .. }
             | Self::BlockUnsupported
             | Self::NotReadOnly
             | Self::VolumeContext(_) => Code::InvalidArgument,
@@ -182,6 +198,7 @@ impl PublishError {
             | Self::MissingTargetPath
             | Self::MissingCapability
             | Self::InvalidTargetPath(_)
+            | Self::TargetOfAnotherPod { .. }
             | Self::BlockUnsupported
             | Self::NotReadOnly
             | Self::VolumeContext(_) => "InvalidVolumeRequest",
@@ -230,8 +247,10 @@ pub enum UnpublishError {
     /// The request has no `target_path`.
     #[error("target path missing in request")]
     MissingTargetPath,
-    /// The target path is relative or has a `..` element.
-    #[error("target path {0:?} must be absolute without '..' elements")]
+    /// The target path is not where kubelet mounts a pod's CSI volume.
+    #[error(
+        "target path {0:?} is not <kubelet dir>/pods/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount under this agent's --kubelet-dir"
+    )]
     InvalidTargetPath(String),
     /// Unmounting or removing the directory failed.
     #[error("failed to unmount and remove target path: {0}")]

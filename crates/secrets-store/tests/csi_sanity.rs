@@ -129,6 +129,8 @@ async fn api_server_unreachable_fails_publishes_not_health() {
             "--node-id",
             "n1",
             "--no-registration",
+            "--kubelet-dir",
+            dir.path().to_str().unwrap(),
             "--metrics-addr",
             &format!("127.0.0.1:{metrics}"),
             "--healthz-addr",

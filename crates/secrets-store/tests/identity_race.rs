@@ -195,12 +195,13 @@ async fn direct_publishes_in_every_order_within_the_coalescing_ttl() {
     let client = common::node_client(&world.agent.socket);
     let mut denials = 0;
     for round in 0..5 {
-        // Under the kubelet root: World's Drop detaches mounts there if the test fails.
-        let dir = world
-            .dir
-            .path()
-            .join("kubelet/direct")
-            .join(format!("r{round}"));
+        // kubelet's layout under the simulator's root (the agent accepts no other target); World's
+        // Drop detaches mounts there if the test fails.
+        let target_of = |pod: &DirectPod, volume: &str| {
+            world
+                .kubelet
+                .target_path(&pod.uid, &format!("r{round}-{volume}"))
+        };
         let mut targets = Vec::new();
         // B right after A, then A right after B: sequential, each call waits for the previous.
         for (label, order) in [
@@ -208,7 +209,7 @@ async fn direct_publishes_in_every_order_within_the_coalescing_ttl() {
             ("ba", [pods_b[1], pods_a[1]]),
         ] {
             for pod in order {
-                let target = dir.join(format!("{label}-{}", pod.name)).join("mount");
+                let target = target_of(pod, label);
                 let result = pod.publish(client.clone(), CLASS, &target).await;
                 denials += check_direct(pod, &target, result, &aws, &value);
                 targets.push(target);
@@ -230,7 +231,7 @@ async fn direct_publishes_in_every_order_within_the_coalescing_ttl() {
                 .collect()
         };
         for pod in order {
-            let target = dir.join(format!("burst-{}", pod.name)).join("mount");
+            let target = target_of(pod, "burst");
             let (pod, client, t) = (pod.clone(), client.clone(), target.clone());
             burst.spawn(async move {
                 let r = pod.publish(client, CLASS, &t).await;
@@ -255,7 +256,7 @@ async fn direct_publishes_in_every_order_within_the_coalescing_ttl() {
     // A's volume context with B's token, while A's credentials are cached: refused on the token's
     // subject before any cache is consulted, and nothing is mounted.
     let forged = pods_a[0].with_tokens_of(pods_b[0]);
-    let target = world.dir.path().join("kubelet/direct/forged/mount");
+    let target = world.kubelet.target_path(&pods_a[0].uid, "forged");
     let status = forged
         .publish(client.clone(), CLASS, &target)
         .await

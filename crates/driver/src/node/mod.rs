@@ -19,7 +19,7 @@ use crate::error::PublishError;
 use crate::hooks::AfterMount;
 use crate::locks::VolumeLocks;
 use crate::metrics::Metrics;
-use crate::mounter::Mounter;
+use crate::mounter::{KubeletTarget, Mounter};
 use crate::providers::ProviderRegistry;
 use crate::refresh::Remembered;
 use crate::rotation::{ROTATION_COMPLETE_REASON, ROTATION_FAILED_REASON, RotationSchedule};
@@ -75,6 +75,10 @@ enum Trigger {
 pub struct NodeConfig {
     /// This node's name (`NodeGetInfo`, the status label).
     pub node_id: String,
+    /// kubelet's root directory: every target path must be a pod volume's `mount` directory
+    /// under its `pods/` (see [`KubeletTarget`]), so a request can never mount on, or unmount and
+    /// remove, any other directory of the host.
+    pub kubelet_dir: PathBuf,
 }
 
 /// The node service: shared by the gRPC handlers.
@@ -185,6 +189,13 @@ impl NodeService {
             .statuses
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pod volume `path` names, if it is exactly a `mount` directory under kubelet's `pods/`
+    /// (kubelet never sends anything else; `.`, `..` and doubled slashes are refused, not
+    /// resolved).
+    fn kubelet_target(&self, path: &str) -> Option<KubeletTarget> {
+        KubeletTarget::parse(&self.inner.config.kubelet_dir, path)
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
@@ -308,14 +319,23 @@ impl NodeService {
         if req.target_path.is_empty() {
             return Err(PublishError::MissingTargetPath);
         }
-        if !is_clean_absolute(&req.target_path) {
+        let Some(kubelet_target) = self.kubelet_target(&req.target_path) else {
             return Err(PublishError::InvalidTargetPath(req.target_path.clone()));
-        }
+        };
         if req.block {
             return Err(PublishError::BlockUnsupported);
         }
         let ctx = VolumeContext::parse(&req.volume_context, &req.secrets)?;
         *pod = Some(ctx.clone());
+        // kubelet names the target after the pod it mounts for; a request whose context names
+        // another pod would mount (and record a status) in a directory that is not that pod's.
+        if kubelet_target.pod_uid != ctx.pod_uid {
+            return Err(PublishError::TargetOfAnotherPod {
+                path: req.target_path.clone(),
+                path_uid: kubelet_target.pod_uid,
+                pod_uid: ctx.pod_uid.clone(),
+            });
+        }
         if !req.readonly {
             return Err(PublishError::NotReadOnly);
         }
@@ -418,26 +438,5 @@ impl NodeService {
             return Err(invalid("spec.parameters is empty"));
         }
         Ok(class)
-    }
-}
-
-/// Whether `path` is absolute and has no `..` element (kubelet never sends either; a request
-/// that does is refused rather than resolved somewhere unexpected).
-fn is_clean_absolute(path: &str) -> bool {
-    let p = Path::new(path);
-    p.is_absolute() && !p.components().any(|c| c == std::path::Component::ParentDir)
-}
-
-#[cfg(test)]
-mod path_tests {
-    use super::is_clean_absolute;
-
-    #[test]
-    fn target_paths_must_be_clean_and_absolute() {
-        assert!(is_clean_absolute(
-            "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/v/mount"
-        ));
-        assert!(!is_clean_absolute("relative/mount"));
-        assert!(!is_clean_absolute("/var/lib/kubelet/pods/../../../etc"));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{NodeService, is_clean_absolute};
+use super::NodeService;
 use crate::error::UnpublishError;
 
 impl NodeService {
@@ -37,7 +37,7 @@ impl NodeService {
         if target_path.is_empty() {
             return Err(UnpublishError::MissingTargetPath);
         }
-        if !is_clean_absolute(target_path) {
+        if self.kubelet_target(target_path).is_none() {
             return Err(UnpublishError::InvalidTargetPath(target_path.to_string()));
         }
         let target = PathBuf::from(target_path);

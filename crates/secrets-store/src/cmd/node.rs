@@ -27,8 +27,9 @@ pub struct NodeArgs {
     /// This node's name (NodeGetInfo, SecretProviderClassPodStatus label).
     #[arg(long, env = "KUBE_NODE_NAME")]
     pub node_id: String,
-    /// kubelet's root directory (the registration socket goes in `<dir>/plugins_registry`; synced
-    /// Secrets are read back only from volumes under `<dir>/pods`).
+    /// kubelet's root directory (the registration socket goes in `<dir>/plugins_registry`; every
+    /// publish/unpublish target must be `<dir>/pods/<pod uid>/volumes/kubernetes.io~csi/<volume>/mount`
+    /// of the requesting pod, and synced Secrets are read back only from such volumes).
     #[arg(long, env = "KUBELET_DIR", default_value = "/var/lib/kubelet")]
     pub kubelet_dir: PathBuf,
     /// Do not serve kubelet's plugin registration API (when node-driver-registrar is deployed).
@@ -155,6 +156,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let mut service = NodeService::new(
         NodeConfig {
             node_id: args.node_id.clone(),
+            kubelet_dir: args.kubelet_dir.clone(),
         },
         client.clone(),
         Mounter::new(args.tmpfs_size.clone()),

@@ -102,7 +102,7 @@ async fn bad_inputs_give_documented_errors_events_and_no_writes_outside() {
         // The same request made directly, on a target the simulator does not retry: the
         // documented code, and a failed first mount leaves nothing behind.
         let uid = w.pod_uid(pod).await;
-        let target = w.root.path().join("direct").join(pod).join("mount");
+        let target = w.sim.target_path(&uid, "direct");
         let mut req = publish_request(&w, pod, &uid, class);
         req.target_path = target.to_string_lossy().into_owned();
         let err = client

@@ -130,7 +130,7 @@ async fn same_volume_serialised_different_volumes_parallel() {
     for pod in ["a", "b"] {
         w.create_pod(pod, "not-used").await;
         let uid = w.pod_uid(pod).await;
-        let target = w.root.path().join("par").join(pod).join("mount");
+        let target = w.sim.target_path(&uid, "par");
         targets.push(target.clone());
         // Two calls for each target, all four at once.
         for _ in 0..2 {

@@ -79,6 +79,15 @@ async fn volumes_share_a_node_budget_for_secret_bytes() {
         .await
         .expect("the budget is given back on unpublish");
     assert!(second_target.join("alias-0").exists());
+    // Leave the host as found: the temp dir cannot be removed while a tmpfs is mounted in it.
+    client
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: second_target.to_string_lossy().into_owned(),
+            target_path: second_target.to_string_lossy().into_owned(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(mount_id(&second_target), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
