@@ -224,7 +224,10 @@ cargo_install() {
   if [[ ! -x "$dest/bin/$name" ]]; then
     command -v cargo >/dev/null || die "cargo is required to build $name"
     log "installing $name $version from crates.io"
-    cargo install --quiet --locked --version "=$version" --root "$dest" "$name" || return 1
+    # These are lint/dev tools, not products: their release profiles ask for fat LTO and one
+    # codegen unit (cargo-deny: ~10 min of a cold 2-core CI run), which buys nothing here.
+    CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
+      cargo install --quiet --locked --version "=$version" --root "$dest" "$name" || return 1
   fi
   link "$name" "$dest/bin/$name"
 }
