@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
 use secrets_store_provider::{
-    DEFAULT_FILE_PERMISSION, MountRequest, ObjectVersion, ProviderError, ProviderErrorKind,
-    SecretBytes,
+    DEFAULT_FILE_PERMISSION, MountRequest, MountResponse, ObjectVersion, ProviderError,
+    ProviderErrorKind, ProviderFile, SecretBytes,
 };
 
 use super::{NodeService, PublishRequest};
@@ -16,9 +16,11 @@ use crate::error::PublishError;
 use crate::hooks::MountedVolume;
 use crate::status::pod_status;
 use crate::volume_context::{TOKENS_KEY, VolumeContext};
-use crate::writer::{AtomicWriter, WriteOutcome};
+use crate::writer::{AtomicWriter, WriteError, WriteOutcome};
 
 impl NodeService {
+    /// Fills a mounted volume: fetch, write, record the status, run the hooks. Returns whether
+    /// the mounted content changed.
     pub(super) async fn fill_volume(
         &self,
         req: &PublishRequest,
@@ -28,6 +30,64 @@ impl NodeService {
         target: &Path,
         republish: bool,
     ) -> Result<bool, PublishError> {
+        let mounted_versions = if republish {
+            self.mounted_versions(ctx, target).await
+        } else {
+            Vec::new()
+        };
+        let response = self
+            .fetch(req, ctx, class, provider, target, mounted_versions.clone())
+            .await?;
+        let mut versions = response.object_versions.clone();
+        versions.sort();
+        let changed = if response.files.is_empty() {
+            // Providers that write files themselves report changes only through their versions.
+            let mut mounted = mounted_versions;
+            mounted.sort();
+            mounted != versions
+        } else {
+            self.write(ctx, class, target, &response.files).await? != WriteOutcome::Unchanged
+        };
+        let pod_status = self.record_status(ctx, target, &versions).await?;
+        let mounted = MountedVolume {
+            context: ctx,
+            class,
+            target_path: target,
+            files: &response.files,
+            object_versions: &versions,
+            pod_status: &pod_status,
+        };
+        self.run_hooks(&mounted).await?;
+        Ok(changed)
+    }
+
+    /// What the volume holds now, as its pod status last recorded it (upstream passes the same
+    /// to providers on a republish).
+    async fn mounted_versions(&self, ctx: &VolumeContext, target: &Path) -> Vec<ObjectVersion> {
+        if let Some(status) = self.cached_status(target) {
+            return status_versions(&status);
+        }
+        let name = SecretProviderClassPodStatus::object_name(
+            &ctx.pod_name,
+            &ctx.pod_namespace,
+            &ctx.secret_provider_class,
+        );
+        self.inner
+            .effects
+            .current_versions(&ctx.pod_namespace, &name)
+            .await
+    }
+
+    /// Asks the provider for the volume's objects.
+    async fn fetch(
+        &self,
+        req: &PublishRequest,
+        ctx: &VolumeContext,
+        class: &SecretProviderClass,
+        provider: &dyn secrets_store_provider::Provider,
+        target: &Path,
+        current_object_versions: Vec<ObjectVersion>,
+    ) -> Result<MountResponse, PublishError> {
         let provider_err = |source: ProviderError| PublishError::Provider {
             provider: class.spec.provider.clone(),
             namespace: ctx.pod_namespace.clone(),
@@ -40,31 +100,12 @@ impl NodeService {
             .filter(|(k, _)| k.as_str() != TOKENS_KEY)
             .map(|(k, v)| (k.clone(), SecretBytes::from(v.clone())))
             .collect();
-        // On a republish, tell the provider what is mounted (upstream passes the same).
-        let current_object_versions = if republish {
-            let name = SecretProviderClassPodStatus::object_name(
-                &ctx.pod_name,
-                &ctx.pod_namespace,
-                &ctx.secret_provider_class,
-            );
-            match self.cached_status(target) {
-                Some(status) => status_versions(&status),
-                None => {
-                    self.inner
-                        .effects
-                        .current_versions(&ctx.pod_namespace, &name)
-                        .await
-                }
-            }
-        } else {
-            Vec::new()
-        };
         let request = MountRequest {
             attributes: ctx.attributes(&class.spec.parameters),
             secrets,
             target_path: target.to_path_buf(),
             permission: DEFAULT_FILE_PERMISSION,
-            current_object_versions: current_object_versions.clone(),
+            current_object_versions,
         };
         let response = provider.mount(request).await.map_err(provider_err)?;
         if response.object_versions.is_empty() {
@@ -73,93 +114,98 @@ impl NodeService {
                 "provider returned no object versions",
             )));
         }
-        let mut versions = response.object_versions.clone();
-        versions.sort();
-        // Providers that write files themselves report changes only through their versions.
-        let mut changed = {
-            let mut current = current_object_versions;
-            current.sort();
-            current != versions
-        };
-        if !response.files.is_empty() {
-            // tmpfs pages count against the agent's memory, not the pod's: reserve them first.
-            let bytes = response
-                .files
-                .iter()
-                .map(|f| f.contents.len() as u64 + f.path.len() as u64)
-                .sum();
-            let reservation = self.inner.budget.reserve(target, bytes).map_err(|source| {
-                PublishError::NodeBudget {
-                    namespace: ctx.pod_namespace.clone(),
-                    pod: ctx.pod_name.clone(),
-                    source,
-                }
-            })?;
-            let writer = AtomicWriter::new(target);
-            let files = response.files.clone();
-            let outcome = tokio::task::spawn_blocking(move || writer.write(&files))
-                .await
-                .map_err(|e| {
-                    provider_err(ProviderError::new(
-                        ProviderErrorKind::Internal,
-                        format!("writer task failed: {e}"),
-                    ))
-                })?
-                .map_err(|source| PublishError::Write {
-                    provider: class.spec.provider.clone(),
-                    source,
-                })?;
-            reservation.commit();
-            changed = outcome != WriteOutcome::Unchanged;
-            if !changed {
-                tracing::debug!(target_path = %target.display(), "content unchanged; nothing written");
-            }
-        }
+        Ok(response)
+    }
 
+    /// Writes the files atomically, within the node's byte budget (tmpfs pages count against
+    /// the agent's memory, not the pod's: they are reserved before anything is written).
+    async fn write(
+        &self,
+        ctx: &VolumeContext,
+        class: &SecretProviderClass,
+        target: &Path,
+        files: &[ProviderFile],
+    ) -> Result<WriteOutcome, PublishError> {
+        let bytes = files
+            .iter()
+            .map(|f| f.contents.len() as u64 + f.path.len() as u64)
+            .sum();
+        let reservation = self.inner.budget.reserve(target, bytes).map_err(|source| {
+            PublishError::NodeBudget {
+                namespace: ctx.pod_namespace.clone(),
+                pod: ctx.pod_name.clone(),
+                source,
+            }
+        })?;
+        let writer = AtomicWriter::new(target);
+        let files = files.to_vec();
+        let write_err = |source| PublishError::Write {
+            provider: class.spec.provider.clone(),
+            source,
+        };
+        let outcome = tokio::task::spawn_blocking(move || writer.write(&files))
+            .await
+            .map_err(|e| {
+                write_err(WriteError::Io {
+                    op: "writer task",
+                    path: target.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?
+            .map_err(write_err)?;
+        reservation.commit();
+        if outcome == WriteOutcome::Unchanged {
+            tracing::debug!(target_path = %target.display(), "content unchanged; nothing written");
+        }
+        Ok(outcome)
+    }
+
+    /// Records the volume's objects in its SecretProviderClassPodStatus; when the status is the
+    /// one last written, makes no API call.
+    async fn record_status(
+        &self,
+        ctx: &VolumeContext,
+        target: &Path,
+        versions: &[ObjectVersion],
+    ) -> Result<Arc<SecretProviderClassPodStatus>, PublishError> {
         let status = pod_status(
             ctx,
             &self.inner.config.node_id,
             &target.to_string_lossy(),
-            &versions,
+            versions,
         );
-        let stored = match self.cached_status(target) {
-            // Same content as last written: no API call.
-            Some(cached) if cached.status == status.status => cached,
-            _ => {
-                let applied = self
-                    .inner
-                    .effects
-                    .apply_status(&status)
-                    .await
-                    .map_err(|source| PublishError::PodStatus {
-                        namespace: ctx.pod_namespace.clone(),
-                        name: status.metadata.name.clone().unwrap_or_default(),
-                        source,
-                    })?;
-                let applied = Arc::new(applied);
-                self.lock_statuses()
-                    .insert(target.to_path_buf(), applied.clone());
-                applied
-            }
-        };
+        if let Some(cached) = self.cached_status(target)
+            && cached.status == status.status
+        {
+            return Ok(cached);
+        }
+        let applied = self
+            .inner
+            .effects
+            .apply_status(&status)
+            .await
+            .map_err(|source| PublishError::PodStatus {
+                namespace: ctx.pod_namespace.clone(),
+                name: status.metadata.name.clone().unwrap_or_default(),
+                source,
+            })?;
+        let applied = Arc::new(applied);
+        self.lock_statuses()
+            .insert(target.to_path_buf(), applied.clone());
+        Ok(applied)
+    }
 
-        let mounted = MountedVolume {
-            context: ctx,
-            class,
-            target_path: target,
-            files: &response.files,
-            object_versions: &versions,
-            pod_status: &stored,
-        };
+    /// Runs the after-mount steps (secret sync) in order; the first failure fails the publish.
+    async fn run_hooks(&self, mounted: &MountedVolume<'_>) -> Result<(), PublishError> {
         for hook in &self.inner.hooks {
-            hook.after_mount(&mounted)
+            hook.after_mount(mounted)
                 .await
                 .map_err(|source| PublishError::AfterMount {
                     hook: hook.name().to_string(),
                     source,
                 })?;
         }
-        Ok(changed)
+        Ok(())
     }
 }
 

@@ -3,6 +3,7 @@
 //! [`unpublish`].
 
 mod fill;
+mod report;
 mod unpublish;
 
 use std::collections::HashMap;
@@ -19,12 +20,13 @@ use crate::error::PublishError;
 use crate::hooks::AfterMount;
 use crate::locks::VolumeLocks;
 use crate::metrics::Metrics;
-use crate::mounter::{KubeletTarget, Mounter};
+use crate::mounter::{KubeletTarget, MountError, Mounter};
 use crate::providers::ProviderRegistry;
 use crate::refresh::Remembered;
-use crate::rotation::{ROTATION_COMPLETE_REASON, ROTATION_FAILED_REASON, RotationSchedule};
+use crate::rotation::{ROTATION_COMPLETE_REASON, RotationSchedule};
 use crate::status::{PodEffects, pod_reference};
 use crate::volume_context::VolumeContext;
+use report::PublishReport;
 
 /// The parts of a `NodePublishVolumeRequest` the service uses.
 #[derive(Clone, Default)]
@@ -219,56 +221,16 @@ impl NodeService {
     }
 
     async fn publish_for(&self, req: PublishRequest, trigger: Trigger) -> Result<(), PublishError> {
-        let started = Instant::now();
-        let mut provider_name = String::new();
-        let mut pod = None;
-        let mut republish = false;
-        let result = self
-            .publish_inner(&req, trigger, &mut provider_name, &mut pod, &mut republish)
-            .await;
-        let seconds = started.elapsed().as_secs_f64();
-        match &result {
-            Ok(()) => {
-                // Only kubelet's requests are kept: they carry the freshest tokens.
-                if trigger == Trigger::Kubelet && self.inner.rotation.interval().is_some() {
-                    self.inner
-                        .remembered
-                        .remember(Path::new(&req.target_path), &req);
-                }
-                self.inner.metrics.publish_ok(&provider_name, seconds);
-                tracing::info!(target_path = %req.target_path, provider = %provider_name, seconds, "volume published");
-            }
-            Err(e) => {
-                self.inner
-                    .metrics
-                    .publish_failed(&provider_name, e.metric_label(), seconds);
-                tracing::warn!(target_path = %req.target_path, provider = %provider_name, reason = e.reason(), error = %e, "publish failed");
-                if republish {
-                    self.inner
-                        .metrics
-                        .rotation()
-                        .failed(&provider_name, e.metric_label(), seconds);
-                }
-                if let Some(ctx) = &pod {
-                    // A failed republish keeps the last good content: say it was the rotation.
-                    let reason = if republish {
-                        ROTATION_FAILED_REASON
-                    } else {
-                        e.reason()
-                    };
-                    self.inner
-                        .effects
-                        .event(
-                            &pod_reference(ctx),
-                            EventType::Warning,
-                            reason,
-                            "MountSecrets",
-                            &e.to_string(),
-                        )
-                        .await;
-                }
-            }
+        let mut report = PublishReport::new(&req.target_path);
+        let result = self.publish_steps(&req, trigger, &mut report).await;
+        if result.is_ok() && trigger == Trigger::Kubelet && self.inner.rotation.interval().is_some()
+        {
+            // Only kubelet's requests are kept: they carry the freshest tokens.
+            self.inner
+                .remembered
+                .remember(Path::new(&req.target_path), &req);
         }
+        report.finish(self, &result).await;
         result
     }
 
@@ -302,14 +264,80 @@ impl NodeService {
         }
     }
 
-    async fn publish_inner(
+    /// A publish, step by step: accept the request, take the volume's lock, decide whether there
+    /// is anything to do, resolve class and provider, mount, then fill the volume (bounded, and
+    /// abandoned when kubelet unpublishes). `report` learns the pod, provider and kind of publish
+    /// as they become known, for the metrics and Event of either outcome.
+    async fn publish_steps(
         &self,
         req: &PublishRequest,
         trigger: Trigger,
-        provider_name: &mut String,
-        pod: &mut Option<VolumeContext>,
-        republish: &mut bool,
+        report: &mut PublishReport,
     ) -> Result<(), PublishError> {
+        let (target, ctx) = self.accept(req, report)?;
+        let guard = self.inner.locks.lock(&target).await;
+        let was_mounted = on_blocking_pool({
+            let (mounter, target) = (self.inner.mounter.clone(), target.clone());
+            move || mounter.is_mount_point(&target)
+        })
+        .await?;
+        let started = Instant::now();
+        if !self.needs_fill(&target, trigger, was_mounted, started) {
+            return Ok(());
+        }
+        report.republish = was_mounted;
+        let class = self.class(&ctx).await?;
+        // A class's provider name is tenant input: it becomes a metric label only once it names
+        // a provider that exists, so classes cannot mint unbounded metric series.
+        let provider = self.inner.providers.resolve(&class.spec.provider)?;
+        report.provider = class.spec.provider.clone();
+        if !was_mounted {
+            on_blocking_pool({
+                let (mounter, target) = (self.inner.mounter.clone(), target.clone());
+                move || mounter.mount(&target)
+            })
+            .await?;
+        }
+        // Bounded, and abandoned as soon as kubelet unpublishes the volume: a provider that
+        // never answers must not hold the volume (and the pod's teardown) hostage.
+        let fill = self.fill_volume(req, &ctx, &class, provider.as_ref(), &target, was_mounted);
+        let deadline = self.inner.publish_timeout;
+        let result = tokio::select! {
+            result = tokio::time::timeout(deadline, fill) => {
+                result.unwrap_or(Err(PublishError::TimedOut { after: deadline }))
+            }
+            () = guard.preempted() => Err(PublishError::Unpublished),
+        };
+        if was_mounted || result.is_ok() {
+            self.inner.rotation.attempted(&target, started);
+        }
+        match result {
+            Ok(changed) if was_mounted => {
+                self.rotated(&ctx, &report.provider, changed, started).await;
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if !was_mounted {
+                    // First mount failed: leave nothing behind so kubelet's retry starts clean.
+                    let (mounter, t) = (self.inner.mounter.clone(), target.clone());
+                    if let Err(e) = on_blocking_pool(move || mounter.unmount_and_remove(&t)).await {
+                        tracing::warn!(target_path = %target.display(), error = %e, "cleanup after failed publish");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks what kubelet sent, before anything on the host is touched: a mount capability, a
+    /// read-only filesystem volume, and a target that is exactly the `mount` directory of a CSI
+    /// volume of the pod the volume context names.
+    fn accept(
+        &self,
+        req: &PublishRequest,
+        report: &mut PublishReport,
+    ) -> Result<(PathBuf, VolumeContext), PublishError> {
         if !req.has_capability {
             return Err(PublishError::MissingCapability);
         }
@@ -326,7 +354,7 @@ impl NodeService {
             return Err(PublishError::BlockUnsupported);
         }
         let ctx = VolumeContext::parse(&req.volume_context, &req.secrets)?;
-        *pod = Some(ctx.clone());
+        report.pod = Some(ctx.clone());
         // kubelet names the target after the pod it mounts for; a request whose context names
         // another pod would mount (and record a status) in a directory that is not that pod's.
         if kubelet_target.pod_uid != ctx.pod_uid {
@@ -339,75 +367,46 @@ impl NodeService {
         if !req.readonly {
             return Err(PublishError::NotReadOnly);
         }
-        let target = PathBuf::from(&req.target_path);
-        let guard = self.inner.locks.lock(&target).await;
+        Ok((PathBuf::from(&req.target_path), ctx))
+    }
 
-        let was_mounted = self.inner.mounter.is_mount_point(&target)?;
-        if trigger == Trigger::Refresh && !(was_mounted && self.inner.remembered.contains(&target))
-        {
-            // Unpublished since the refresh loop picked it: never mount anything back.
-            return Ok(());
+    /// Whether this call must fetch and write: always for a first mount; for a mounted volume
+    /// only when its rotation is due; never for a refresh of a volume unpublished since the
+    /// refresh loop picked it (nothing is ever mounted back).
+    fn needs_fill(&self, target: &Path, trigger: Trigger, was_mounted: bool, now: Instant) -> bool {
+        if trigger == Trigger::Refresh && !(was_mounted && self.inner.remembered.contains(target)) {
+            return false;
         }
-        let started = Instant::now();
-        if was_mounted && !self.inner.rotation.due(&target, started) {
+        if was_mounted && !self.inner.rotation.due(target, now) {
             tracing::debug!(target_path = %target.display(), "republish within the rotation poll interval; nothing to fetch");
-            return Ok(());
+            return false;
         }
-        *republish = was_mounted;
-        let class = self.class(&ctx).await?;
-        // A class's provider name is tenant input: it becomes a metric label only once it names
-        // a provider that exists, so classes cannot mint unbounded metric series.
-        let provider = self.inner.providers.resolve(&class.spec.provider)?;
-        *provider_name = class.spec.provider.clone();
+        true
+    }
 
-        if !was_mounted {
-            self.inner.mounter.mount(&target)?;
-        }
-        // Bounded, and abandoned as soon as kubelet unpublishes the volume: a provider that
-        // never answers must not hold the volume (and the pod's teardown) hostage.
-        let fill = self.fill_volume(req, &ctx, &class, provider.as_ref(), &target, was_mounted);
-        let deadline = self.inner.publish_timeout;
-        let result = tokio::select! {
-            result = tokio::time::timeout(deadline, fill) => {
-                result.unwrap_or(Err(PublishError::TimedOut { after: deadline }))
-            }
-            () = guard.preempted() => Err(PublishError::Unpublished),
-        };
-        if was_mounted || result.is_ok() {
-            self.inner.rotation.attempted(&target, started);
-        }
-        if let Ok(changed) = result
-            && was_mounted
-        {
-            let seconds = started.elapsed().as_secs_f64();
+    /// Counts a rotation that went through and, when the content changed, says so on the pod.
+    async fn rotated(&self, ctx: &VolumeContext, provider: &str, changed: bool, started: Instant) {
+        let seconds = started.elapsed().as_secs_f64();
+        self.inner
+            .metrics
+            .rotation()
+            .succeeded(provider, changed, seconds);
+        if changed {
+            let note = format!(
+                "successfully rotated mounted contents for SecretProviderClass {}/{}",
+                ctx.pod_namespace, ctx.secret_provider_class
+            );
             self.inner
-                .metrics
-                .rotation()
-                .succeeded(provider_name, changed, seconds);
-            if changed {
-                let note = format!(
-                    "successfully rotated mounted contents for SecretProviderClass {}/{}",
-                    ctx.pod_namespace, ctx.secret_provider_class
-                );
-                self.inner
-                    .effects
-                    .event(
-                        &pod_reference(&ctx),
-                        EventType::Normal,
-                        ROTATION_COMPLETE_REASON,
-                        "MountSecrets",
-                        &note,
-                    )
-                    .await;
-            }
+                .effects
+                .event(
+                    &pod_reference(ctx),
+                    EventType::Normal,
+                    ROTATION_COMPLETE_REASON,
+                    "MountSecrets",
+                    &note,
+                )
+                .await;
         }
-        if result.is_err() && !was_mounted {
-            // First mount failed: leave nothing behind so kubelet's retry starts clean.
-            if let Err(e) = self.inner.mounter.unmount_and_remove(&target) {
-                tracing::warn!(target_path = %target.display(), error = %e, "cleanup after failed publish");
-            }
-        }
-        result.map(|_| ())
     }
 
     async fn class(&self, ctx: &VolumeContext) -> Result<Arc<SecretProviderClass>, PublishError> {
@@ -439,4 +438,20 @@ impl NodeService {
         }
         Ok(class)
     }
+}
+
+/// Runs a mount-table syscall (mount(2), umount(2), reading mountinfo) on the blocking pool: they
+/// can stall on a busy host, and must not stall the runtime's workers (and every other volume's
+/// publish) with them.
+async fn on_blocking_pool<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, MountError> + Send + 'static,
+) -> Result<T, MountError> {
+    // A panicking syscall wrapper is a bug; its message is all that is known of the path.
+    tokio::task::spawn_blocking(call).await.unwrap_or_else(|e| {
+        Err(MountError::Io {
+            op: "mount-table task",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })
 }

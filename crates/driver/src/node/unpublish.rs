@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::NodeService;
+use super::{NodeService, on_blocking_pool};
 use crate::error::UnpublishError;
 
 impl NodeService {
@@ -48,15 +48,7 @@ impl NodeService {
         self.inner.budget.release(&target);
         self.lock_statuses().remove(&target);
         let mounter = self.inner.mounter.clone();
-        tokio::task::spawn_blocking(move || mounter.unmount_and_remove(&target))
-            .await
-            .map_err(|e| {
-                UnpublishError::Unmount(crate::mounter::MountError::Io {
-                    op: "unmount task",
-                    path: PathBuf::from(target_path),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })??;
+        on_blocking_pool(move || mounter.unmount_and_remove(&target)).await?;
         Ok(())
     }
 }
