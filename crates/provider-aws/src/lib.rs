@@ -20,10 +20,8 @@ pub mod metrics;
 mod mount;
 mod objects_yaml;
 pub mod params;
-pub mod pod_identity;
 mod region;
 pub mod render;
-pub mod sa_cache;
 
 use std::time::Duration;
 
@@ -36,8 +34,8 @@ use secrets_store_provider::{MountRequest, MountResponse, Provider, ProviderErro
 
 pub use call_limit::{CallLimit, DEFAULT_MAX_CONCURRENT_AWS_CALLS};
 pub use fetch::FetchConfig;
+pub use identity::PodIdentityAgentConfig;
 pub use metrics::Metrics;
-pub use pod_identity::PodIdentityAgentConfig;
 
 /// The provider name in `SecretProviderClass.spec.provider`.
 pub const PROVIDER_NAME: &str = "aws";
@@ -147,8 +145,8 @@ impl AwsProvider {
         let limit = CallLimit::new(config.max_concurrent_aws_calls);
         let resolver = identity::IdentityResolver::new(
             base.clone(),
-            sa_cache::ServiceAccountCache::new(client),
-            pod_identity::PodIdentityAgent::new(config.pod_identity.clone()),
+            identity::ServiceAccountCache::new(client),
+            identity::PodIdentityAgent::new(config.pod_identity.clone()),
             config.credential_refresh_margin,
             limit.clone(),
             metrics.clone(),

@@ -32,10 +32,10 @@ pub struct ProviderAwsArgs {
     #[arg(long, env = "AWS_PROVIDER_CACHE_TTL_SECONDS", default_value = "5", value_parser = super::parse_seconds)]
     pub cache_ttl_seconds: Duration,
     /// EKS Pod Identity Agent URL (IPv4).
-    #[arg(long, default_value = secrets_store_provider_aws::pod_identity::DEFAULT_IPV4_URL)]
+    #[arg(long, default_value = secrets_store_provider_aws::identity::pod_identity::DEFAULT_IPV4_URL)]
     pub pod_identity_agent_ipv4_url: String,
     /// EKS Pod Identity Agent URL (IPv6).
-    #[arg(long, default_value = secrets_store_provider_aws::pod_identity::DEFAULT_IPV6_URL)]
+    #[arg(long, default_value = secrets_store_provider_aws::identity::pod_identity::DEFAULT_IPV6_URL)]
     pub pod_identity_agent_ipv6_url: String,
 }
 

@@ -10,7 +10,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 
-use crate::identity::IdentityError;
+use super::IdentityError;
 use crate::params::AddressType;
 
 /// The agent's IPv4 endpoint on EKS nodes.

@@ -4,6 +4,12 @@
 //! Credentials are cached per [`IdentityKey`] until shortly before they expire, and fetched
 //! single-flight, so one STS call serves every pod of a ServiceAccount.
 
+pub mod pod_identity;
+mod service_accounts;
+
+pub use pod_identity::{PodIdentityAgent, PodIdentityAgentConfig};
+pub use service_accounts::ServiceAccountCache;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -17,8 +23,6 @@ use serde::Deserialize;
 use crate::call_limit::CallLimit;
 use crate::coalesce::Coalescer;
 use crate::params::MountParameters;
-use crate::pod_identity::PodIdentityAgent;
-use crate::sa_cache::ServiceAccountCache;
 
 /// The ServiceAccount annotation naming the IRSA role.
 pub const ROLE_ANNOTATION: &str = "eks.amazonaws.com/role-arn";

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::PartialObjectMeta;
 use secrets_store_kube_cache::NamespacedCache;
 
-use crate::identity::{IdentityError, ROLE_ANNOTATION};
+use super::{IdentityError, ROLE_ANNOTATION};
 
 type SaMeta = PartialObjectMeta<ServiceAccount>;
 
