@@ -41,8 +41,19 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         for bad in [
-            "", "2d", "m", "-1s", "+1s", " 1s", "1s ", "1.5m", "1m30s", "1H", "99999999999999h",
-            "18446744073709551615h", "00000000000000001s",
+            "",
+            "2d",
+            "m",
+            "-1s",
+            "+1s",
+            " 1s",
+            "1s ",
+            "1.5m",
+            "1m30s",
+            "1H",
+            "99999999999999h",
+            "18446744073709551615h",
+            "00000000000000001s",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }

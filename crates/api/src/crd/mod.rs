@@ -16,13 +16,13 @@ pub use pod_status::{
     SecretProviderClassObject, SecretProviderClassPodStatus, SecretProviderClassPodStatusFields,
     SecretProviderClassPodStatusStatus,
 };
-pub use sync_status::{
-    SYNC_API_GROUP, SecretProviderClassSync, SecretProviderClassSyncSpec,
-    SecretProviderClassSyncStatus, SyncedObjectVersion,
-};
 pub use spc::{
     SecretObject, SecretObjectData, SecretProviderClass, SecretProviderClassSpec,
     SecretProviderClassStatus,
+};
+pub use sync_status::{
+    SYNC_API_GROUP, SecretProviderClassSync, SecretProviderClassSyncSpec,
+    SecretProviderClassSyncStatus, SyncedObjectVersion,
 };
 
 #[cfg(test)]
