@@ -1,0 +1,535 @@
+//! Sync without a pod (issue 16), against a real apiserver, kube-controller-manager (garbage
+//! collection) and moto, with the chart's RBAC and admission policies installed: the pod-less
+//! sync runs in this test process as the controller's ServiceAccount (impersonated), so every
+//! call it makes is authorized and admitted exactly as the controller's would be.
+
+#[path = "helm_chart/chart.rs"]
+mod chart;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::Reporter;
+use kube::{Client, ResourceExt};
+use prometheus_client::registry::Registry;
+use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassSync};
+use secrets_store_api::labels::{
+    MANAGED, PODLESS_OPT_IN, PODLESS_REFRESH_INTERVAL, PODLESS_SERVICE_ACCOUNT,
+};
+use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig};
+use secrets_store_sync::podless::{
+    self, PodlessConfig, PodlessContext, PodlessError, RefreshBounds,
+};
+use secrets_store_testenv::{Cluster, eventually, seed};
+
+const WAIT: Duration = Duration::from_secs(90);
+/// The seed's ServiceAccount and class.
+const SEED_SA: &str = "nginx-deployment-sa";
+const SEED_CLASS: &str = "nginx-deployment-aws-secrets";
+
+/// The chart, installed once per test binary with the controller's pod-less sync on (and the
+/// node agent's cluster-wide policies off: nothing here is a node agent), in its own namespace.
+fn release() -> &'static str {
+    static RELEASE: OnceLock<String> = OnceLock::new();
+    RELEASE.get_or_init(|| {
+        let cluster = Cluster::shared();
+        let ns = format!("podless-ctl-{}", std::process::id());
+        let chart = chart::chart_dir();
+        let kubeconfig = cluster.kubeconfig_path().to_str().unwrap().to_string();
+        chart::helm(&[
+            "install",
+            chart::NAME,
+            chart.to_str().unwrap(),
+            "--namespace",
+            &ns,
+            "--create-namespace",
+            "--kubeconfig",
+            &kubeconfig,
+            "--set",
+            "controller.enabled=true,controller.podlessSync.enabled=true,admissionPolicies.podStatuses=false,admissionPolicies.workloads=false",
+        ]);
+        ns
+    })
+}
+
+/// A client acting as the controller's ServiceAccount of the release.
+async fn as_controller(cluster: &Cluster) -> Client {
+    let ns = release();
+    chart::impersonating(
+        cluster,
+        &format!("system:serviceaccount:{ns}:{}-controller", chart::NAME),
+        vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ],
+    )
+    .await
+}
+
+/// The pod-less sync, running as the controller, with the in-process AWS provider on moto.
+struct Controller {
+    ctx: Arc<PodlessContext>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Controller {
+    async fn start(cluster: &'static Cluster) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let client = as_controller(cluster).await;
+        let provider = AwsProvider::new(
+            AwsProviderConfig {
+                default_region: Some(seed::REGION.into()),
+                endpoint_url: Some(cluster.moto().endpoint()),
+                ..AwsProviderConfig::default()
+            },
+            client.clone(),
+            secrets_store_provider_aws::Metrics::default(),
+        )
+        .await;
+        let config = PodlessConfig {
+            bounds: RefreshBounds {
+                min: Duration::from_secs(1),
+                ..RefreshBounds::default()
+            },
+            ..PodlessConfig::default()
+        };
+        let ctx = PodlessContext::new(
+            client,
+            Arc::new(provider),
+            config,
+            &mut Registry::default(),
+            Reporter {
+                controller: "secrets-store-rs-controller".into(),
+                instance: None,
+            },
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(podless::run(ctx.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            ctx,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.task).await.unwrap();
+    }
+}
+
+/// The seed's ServiceAccount with the role ARN, opted in or not.
+async fn service_account(client: &Client, ns: &str, role: &str, opted_in: bool) {
+    let mut sa: ServiceAccount =
+        serde_yaml::from_str(&seed::file("serviceaccount.yaml").replace("ROLE_ARN", role)).unwrap();
+    if opted_in {
+        sa.labels_mut().insert(PODLESS_OPT_IN.into(), "true".into());
+    }
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+}
+
+/// The seed's SecretProviderClass, verbatim but for the two opt-in annotations.
+async fn podless_class(client: &Client, ns: &str, every: &str) -> SecretProviderClass {
+    let mut class: SecretProviderClass =
+        serde_yaml::from_str(&seed::file("secretproviderclass.yaml")).unwrap();
+    let annotations = class.annotations_mut();
+    annotations.insert(PODLESS_SERVICE_ACCOUNT.into(), SEED_SA.into());
+    annotations.insert(PODLESS_REFRESH_INTERVAL.into(), every.into());
+    Api::<SecretProviderClass>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap()
+}
+
+async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> Option<String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()?;
+    let bytes = secret.data?.get(key)?.0.clone();
+    Some(String::from_utf8(bytes).unwrap())
+}
+
+/// The class's `SecretProviderClassSync` condition `type_`: (status, reason, message).
+async fn condition(
+    client: &Client,
+    ns: &str,
+    class: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let sync = Api::<SecretProviderClassSync>::namespaced(client.clone(), ns)
+        .get_opt(class)
+        .await
+        .unwrap()?;
+    let c = sync
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status, c.reason, c.message))
+}
+
+/// TokenRequests for `ns/sa` in the apiserver's audit log (any outcome).
+fn token_requests_in_audit_log(cluster: &Cluster, ns: &str, sa: &str) -> usize {
+    let log = std::fs::read_to_string(cluster.audit_log()).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| {
+            let o = &e["objectRef"];
+            o["resource"] == "serviceaccounts"
+                && o["subresource"] == "token"
+                && o["namespace"] == ns
+                && o["name"] == sa
+        })
+        .count()
+}
+
+/// The seed's class with pod-less sync and no Deployment at all: `foosecret` appears with the
+/// value, owned by the class, Ready; a rotation in AWS reaches it on the next refresh; deleting
+/// the class lets the garbage collector delete the Secret and the status object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_class_without_pods_syncs_rotates_and_goes_with_its_class() {
+    let cluster = Cluster::shared();
+    let _logs = cluster.dump_logs_on_panic();
+    release();
+    let admin = cluster.client();
+    let ns = cluster.new_namespace("podless-seed").await;
+    let account = cluster.moto().new_account();
+    let role = seed::seed_aws(cluster, &account, "secretkey").await;
+    service_account(&admin, &ns, &role, true).await;
+    let controller = Controller::start(cluster).await;
+    let class = podless_class(&admin, &ns, "2s").await;
+
+    eventually(WAIT, "foosecret with SECRET_API_KEY", || async {
+        (secret_value(&admin, &ns, "foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref()
+            == Some("secretkey"))
+        .then_some(())
+    })
+    .await;
+    let secret = Api::<Secret>::namespaced(admin.clone(), &ns)
+        .get("foosecret")
+        .await
+        .unwrap();
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    assert_eq!(
+        secret.labels().get(MANAGED).map(String::as_str),
+        Some("true")
+    );
+    let owners = secret.owner_references();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_eq!(owners[0].kind, "SecretProviderClass");
+    assert_eq!(owners[0].uid, class.uid().unwrap());
+    let (ready, reason, _) = eventually(WAIT, "Ready", || async {
+        condition(&admin, &ns, SEED_CLASS, "Ready")
+            .await
+            .filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!((ready.as_str(), reason.as_str()), ("True", "Synced"));
+    let status = Api::<SecretProviderClassSync>::namespaced(admin.clone(), &ns)
+        .get(SEED_CLASS)
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(status.secrets, ["foosecret"]);
+    assert_eq!(status.objects.len(), 1);
+    assert_eq!(status.objects[0].id, seed::SECRET);
+    let first_version = status.objects[0].version.clone();
+    let status_json = serde_json::to_string(&status).unwrap();
+    assert!(!status_json.contains("secretkey"), "{status_json}");
+
+    // Rotation in AWS: the next refresh (2 s, jittered) writes the new value and version.
+    seed::rotate(cluster, &account, "rotated").await;
+    eventually(WAIT, "rotated foosecret", || async {
+        (secret_value(&admin, &ns, "foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref()
+            == Some("rotated"))
+        .then_some(())
+    })
+    .await;
+    eventually(WAIT, "the new version id in the status", || async {
+        let status = Api::<SecretProviderClassSync>::namespaced(admin.clone(), &ns)
+            .get(SEED_CLASS)
+            .await
+            .ok()?
+            .status?;
+        (status.objects.first()?.version != first_version).then_some(())
+    })
+    .await;
+    assert!(controller.ctx.metrics().reconciles_with("ok") >= 2);
+
+    // Deleting the class: the garbage collector deletes what it owns.
+    Api::<SecretProviderClass>::namespaced(admin.clone(), &ns)
+        .delete(SEED_CLASS, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(WAIT, "foosecret garbage-collected", || async {
+        let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+        let syncs = Api::<SecretProviderClassSync>::namespaced(admin.clone(), &ns);
+        (secrets.get_opt("foosecret").await.unwrap().is_none()
+            && syncs.get_opt(SEED_CLASS).await.unwrap().is_none())
+        .then_some(())
+    })
+    .await;
+    controller.stop().await;
+}
+
+/// A class naming a ServiceAccount that did not opt in gets a clear condition, and not one
+/// TokenRequest reaches the apiserver for it; once its owner adds the label, the Secret follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_account_that_did_not_opt_in_is_never_asked_for_a_token() {
+    let cluster = Cluster::shared();
+    let _logs = cluster.dump_logs_on_panic();
+    release();
+    let admin = cluster.client();
+    let ns = cluster.new_namespace("podless-borrow").await;
+    let account = cluster.moto().new_account();
+    let role = seed::seed_aws(cluster, &account, "secretkey").await;
+    service_account(&admin, &ns, &role, false).await;
+    let controller = Controller::start(cluster).await;
+    let class = podless_class(&admin, &ns, "1s").await;
+
+    let (status, reason, message) = eventually(WAIT, "Ready=False", || async {
+        condition(&admin, &ns, SEED_CLASS, "Ready").await
+    })
+    .await;
+    assert_eq!(status, "False");
+    assert_eq!(reason, "ServiceAccountNotOptedIn");
+    assert!(
+        message.contains(&format!("ServiceAccount {ns}/{SEED_SA}"))
+            && message.contains(PODLESS_OPT_IN)
+            && message.contains("no token was requested"),
+        "{message}"
+    );
+    // reconcile() called directly says the same.
+    let error = podless::reconcile(Arc::new(class), controller.ctx.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, PodlessError::ServiceAccountNotOptedIn { .. }),
+        "{error}"
+    );
+    assert_eq!(token_requests_in_audit_log(cluster, &ns, SEED_SA), 0);
+    assert!(
+        Api::<Secret>::namespaced(admin.clone(), &ns)
+            .get_opt("foosecret")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The owner opts in: the label's watch re-runs the class.
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .patch(
+            SEED_SA,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {PODLESS_OPT_IN: "true"}}})),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "foosecret after the opt-in", || async {
+        (secret_value(&admin, &ns, "foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref()
+            == Some("secretkey"))
+        .then_some(())
+    })
+    .await;
+    assert!(token_requests_in_audit_log(cluster, &ns, SEED_SA) >= 1);
+    controller.stop().await;
+}
+
+/// Asserts `result` is a refusal by the chart's admission policy `policy`.
+fn assert_refused_by<T: std::fmt::Debug>(result: Result<T, kube::Error>, policy: &str, what: &str) {
+    match result {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 403, "{what}: {e:?}");
+            assert!(
+                e.message.contains("ValidatingAdmissionPolicy")
+                    && e.message.contains(&format!("{}-{policy}", chart::NAME)),
+                "{what}: refused, but not by {policy}: {}",
+                e.message
+            );
+        }
+        other => panic!("{what}: expected {policy} to refuse, got {other:?}"),
+    }
+}
+
+fn token_request(audiences: &[&str], seconds: i64) -> TokenRequest {
+    TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            expiration_seconds: Some(seconds),
+            bound_object_ref: None,
+        },
+        ..TokenRequest::default()
+    }
+}
+
+/// The admission policies hold even if the controller's code were to ask: as the controller's
+/// ServiceAccount (whose RBAC allows every call below), a token of a ServiceAccount without the
+/// label, one for another audience, or one living longer than an hour is refused; the one the
+/// code asks for passes. Secrets without the managed label cannot be written either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_confines_the_controllers_tokens_and_secret_writes() {
+    let cluster = Cluster::shared();
+    let _logs = cluster.dump_logs_on_panic();
+    release();
+    let admin = cluster.client();
+    let ns = cluster.new_namespace("podless-vap").await;
+    let admin_sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
+    for (name, labels) in [
+        ("opted", serde_json::json!({PODLESS_OPT_IN: "true"})),
+        ("other", serde_json::json!({})),
+        ("wrong-value", serde_json::json!({PODLESS_OPT_IN: "yes"})),
+    ] {
+        let sa: ServiceAccount = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name, "labels": labels}}),
+        )
+        .unwrap();
+        admin_sas.create(&PostParams::default(), &sa).await.unwrap();
+    }
+    let controller = as_controller(cluster).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(controller.clone(), &ns);
+    let pp = PostParams::default();
+
+    // Policies reach the admission chain asynchronously: wait until the first refusal.
+    let refused = eventually(WAIT, "the token policy in force", || async {
+        sas.create_token_request("other", &pp, &token_request(&[podless::AUDIENCE], 600))
+            .await
+            .err()
+    })
+    .await;
+    assert_refused_by(
+        Err::<(), _>(refused),
+        "podless-token-subjects",
+        "a ServiceAccount without the label",
+    );
+    assert_refused_by(
+        sas.create_token_request(
+            "wrong-value",
+            &pp,
+            &token_request(&[podless::AUDIENCE], 600),
+        )
+        .await,
+        "podless-token-subjects",
+        "a ServiceAccount whose label is not true",
+    );
+    eventually(WAIT, "the audience policy in force", || async {
+        sas.create_token_request(
+            "opted",
+            &pp,
+            &token_request(&["https://kubernetes.default.svc.cluster.local"], 600),
+        )
+        .await
+        .is_err()
+        .then_some(())
+    })
+    .await;
+    assert_refused_by(
+        sas.create_token_request(
+            "opted",
+            &pp,
+            &token_request(&["https://kubernetes.default.svc.cluster.local"], 600),
+        )
+        .await,
+        "podless-token-audience",
+        "a token the API server accepts",
+    );
+    assert_refused_by(
+        sas.create_token_request(
+            "opted",
+            &pp,
+            &token_request(&[podless::AUDIENCE, "other"], 600),
+        )
+        .await,
+        "podless-token-audience",
+        "a second audience",
+    );
+    assert_refused_by(
+        sas.create_token_request("opted", &pp, &token_request(&[podless::AUDIENCE], 7200))
+            .await,
+        "podless-token-audience",
+        "a token of two hours",
+    );
+    let minted = sas
+        .create_token_request("opted", &pp, &token_request(&[podless::AUDIENCE], 600))
+        .await
+        .expect("an opted-in ServiceAccount, sts.amazonaws.com, 10 minutes");
+    assert!(!minted.status.unwrap().token.is_empty());
+
+    // Secrets: only managed ones.
+    let secrets: Api<Secret> = Api::namespaced(controller.clone(), &ns);
+    let secret = |name: &str, labels: BTreeMap<String, String>| -> Secret {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": labels}, "stringData": {"k": "v"}})).unwrap()
+    };
+    let managed = BTreeMap::from([(MANAGED.to_string(), "true".to_string())]);
+    eventually(WAIT, "the Secret policy in force", || async {
+        match secrets.create(&pp, &secret("probe", BTreeMap::new())).await {
+            Ok(_) => {
+                Api::<Secret>::namespaced(admin.clone(), &ns)
+                    .delete("probe", &DeleteParams::default())
+                    .await
+                    .unwrap();
+                None
+            }
+            Err(_) => Some(()),
+        }
+    })
+    .await;
+    assert_refused_by(
+        secrets
+            .create(&pp, &secret("unmanaged", BTreeMap::new()))
+            .await,
+        "podless-managed-secrets",
+        "creating an unmanaged Secret",
+    );
+    secrets
+        .create(&pp, &secret("managed", managed.clone()))
+        .await
+        .expect("a managed Secret");
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .create(&pp, &secret("users", BTreeMap::new()))
+        .await
+        .unwrap();
+    assert_refused_by(
+        secrets
+            .patch(
+                "users",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"labels": {MANAGED: "true"}}})),
+            )
+            .await,
+        "podless-managed-secrets",
+        "adopting a user's Secret by labelling it",
+    );
+    assert_refused_by(
+        secrets
+            .patch(
+                "managed",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"labels": {MANAGED: null}}})),
+            )
+            .await,
+        "podless-managed-secrets",
+        "dropping the managed label",
+    );
+}
