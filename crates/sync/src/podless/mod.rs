@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod metrics;
 mod reconcile;
+mod request;
 pub mod status;
 mod token;
 
@@ -48,6 +49,7 @@ pub use config::{InvalidOptIn, JITTER, OptIn, RefreshBounds, jittered, opt_in};
 pub use error::PodlessError;
 pub use metrics::PodlessMetrics;
 pub use reconcile::{error_policy, reconcile, retry_after};
+pub use request::mount_request;
 pub use token::AUDIENCE;
 
 /// How the pod-less sync runs.

@@ -12,24 +12,16 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use secrets_store_api::crd::SecretProviderClass;
-use secrets_store_driver::volume_context::{
-    POD_NAME_KEY, POD_NAMESPACE_KEY, SECRET_PROVIDER_CLASS_KEY, SERVICE_ACCOUNT_NAME_KEY,
-    TOKENS_KEY,
-};
-use secrets_store_provider::{
-    Attributes, DEFAULT_FILE_PERMISSION, MountRequest, ObjectVersion, SecretBytes,
-};
+use secrets_store_provider::{ObjectVersion, SecretBytes};
 use secrets_store_provider_aws::PROVIDER_NAME;
 use secrets_store_provider_aws::params::uses_pod_identity;
 
 use super::config::{OptIn, jittered, opt_in, service_account_opted_in};
+use super::request::mount_request;
 use super::status::{self, Attempt, class_owner};
 use super::{PodlessContext, PodlessError, token};
 use crate::files::VolumeFiles;
 use crate::lifetime::SecretLifetime;
-
-/// The prefix of the attributes kubelet sets on a mount: never taken from a class's parameters.
-const KUBELET_KEYS: &str = "csi.storage.k8s.io/";
 
 /// What a successful sync did.
 struct Synced {
@@ -231,30 +223,7 @@ async fn sync(
         ctx.config.token_expiration_seconds,
     )
     .await?;
-    // The class's parameters, then what kubelet would set for a pod of that ServiceAccount
-    // (never taken from the parameters), as the node path merges them.
-    let mut attributes: BTreeMap<String, String> = class
-        .spec
-        .parameters
-        .iter()
-        .filter(|(k, _)| !k.starts_with(KUBELET_KEYS))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    attributes.insert(SECRET_PROVIDER_CLASS_KEY.into(), name.clone());
-    attributes.insert(POD_NAMESPACE_KEY.into(), namespace.clone());
-    attributes.insert(
-        SERVICE_ACCOUNT_NAME_KEY.into(),
-        opted.service_account.clone(),
-    );
-    attributes.insert(POD_NAME_KEY.into(), String::new());
-    attributes.insert(TOKENS_KEY.into(), tokens.expose().to_string());
-    let request = MountRequest {
-        attributes: Attributes(attributes),
-        secrets: BTreeMap::new(),
-        target_path: Default::default(),
-        permission: DEFAULT_FILE_PERMISSION,
-        current_object_versions: Vec::new(),
-    };
+    let request = mount_request(class, &namespace, &opted.service_account, &tokens);
     let response = ctx
         .provider
         .mount(request)
