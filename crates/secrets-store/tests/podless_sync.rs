@@ -276,6 +276,50 @@ async fn seed_class_without_pods_syncs_rotates_and_goes_with_its_class() {
     .await;
     assert!(controller.ctx.metrics().reconciles_with("ok") >= 2);
 
+    // AWS fails (the secret is gone): the Secret keeps its last good value, the status says why.
+    cluster
+        .moto()
+        .sm_client(&account)
+        .delete_secret()
+        .secret_id(seed::SECRET)
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    let (_, reason, message) = eventually(WAIT, "Stale=True", || async {
+        condition(&admin, &ns, SEED_CLASS, "Stale")
+            .await
+            .filter(|c| c.0 == "True")
+    })
+    .await;
+    assert_eq!(reason, "FetchFailed");
+    assert!(
+        message.contains("keep the values synced at") && message.contains(seed::SECRET),
+        "{message}"
+    );
+    let (ready, _, _) = condition(&admin, &ns, SEED_CLASS, "Ready").await.unwrap();
+    assert_eq!(ready, "False");
+    assert_eq!(
+        secret_value(&admin, &ns, "foosecret", "SECRET_API_KEY")
+            .await
+            .as_deref(),
+        Some("rotated")
+    );
+    eventually(WAIT, "a FetchFailed Warning Event on the class", || async {
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("FetchFailed")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(SEED_CLASS)
+                    && e.type_.as_deref() == Some("Warning")
+            })
+    })
+    .await;
+
     // Deleting the class: the garbage collector deletes what it owns.
     Api::<SecretProviderClass>::namespaced(admin.clone(), &ns)
         .delete(SEED_CLASS, &DeleteParams::default())
@@ -354,6 +398,35 @@ async fn a_service_account_that_did_not_opt_in_is_never_asked_for_a_token() {
     })
     .await;
     assert!(token_requests_in_audit_log(cluster, &ns, SEED_SA) >= 1);
+
+    // EKS Pod Identity needs a pod: a clear condition, before any token.
+    let mut pod_identity: SecretProviderClass =
+        serde_yaml::from_str(&seed::file("secretproviderclass.yaml")).unwrap();
+    pod_identity.metadata.name = Some("pod-identity".into());
+    pod_identity.spec.secret_objects[0].secret_name = "other".into();
+    pod_identity
+        .spec
+        .parameters
+        .insert("usePodIdentity".into(), "true".into());
+    pod_identity
+        .annotations_mut()
+        .insert(PODLESS_SERVICE_ACCOUNT.into(), SEED_SA.into());
+    Api::<SecretProviderClass>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &pod_identity)
+        .await
+        .unwrap();
+    let (status, reason, message) = eventually(WAIT, "Pod Identity refused", || async {
+        condition(&admin, &ns, "pod-identity", "Ready").await
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "PodIdentityUnsupported")
+    );
+    assert!(
+        message.contains("usePodIdentity cannot sync without a pod"),
+        "{message}"
+    );
     controller.stop().await;
 }
 
