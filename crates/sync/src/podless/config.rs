@@ -182,7 +182,8 @@ mod tests {
         };
         let long = "a".repeat(254);
         let huge = "x".repeat(300_000);
-        let cases: Vec<(Vec<(&str, &str)>, Result<Option<OptIn>, &str>)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Result<Option<OptIn>, &'a str>);
+        let cases: Vec<Case<'_>> = vec![
             (vec![], Ok(None)),
             (vec![(every, "1m")], Ok(None)),
             (vec![(sa, "app")], ok("app", 300)),
