@@ -22,7 +22,7 @@ use secrets_store_api::labels::{
 };
 use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig};
 use secrets_store_sync::podless::{
-    self, PodlessConfig, PodlessContext, PodlessError, RefreshBounds,
+    self, PodlessConfig, PodlessContext, PodlessError, READY, RefreshBounds, STALE,
 };
 use secrets_store_testenv::{Cluster, eventually, seed};
 
@@ -236,7 +236,7 @@ async fn seed_class_without_pods_syncs_rotates_and_goes_with_its_class() {
     assert_eq!(owners[0].kind, "SecretProviderClass");
     assert_eq!(owners[0].uid, class.uid().unwrap());
     let (ready, reason, _) = eventually(WAIT, "Ready", || async {
-        condition(&admin, &ns, SEED_CLASS, "Ready")
+        condition(&admin, &ns, SEED_CLASS, READY)
             .await
             .filter(|c| c.0 == "True")
     })
@@ -287,7 +287,7 @@ async fn seed_class_without_pods_syncs_rotates_and_goes_with_its_class() {
         .await
         .unwrap();
     let (_, reason, message) = eventually(WAIT, "Stale=True", || async {
-        condition(&admin, &ns, SEED_CLASS, "Stale")
+        condition(&admin, &ns, SEED_CLASS, STALE)
             .await
             .filter(|c| c.0 == "True")
     })
@@ -297,7 +297,7 @@ async fn seed_class_without_pods_syncs_rotates_and_goes_with_its_class() {
         message.contains("keep the values synced at") && message.contains(seed::SECRET),
         "{message}"
     );
-    let (ready, _, _) = condition(&admin, &ns, SEED_CLASS, "Ready").await.unwrap();
+    let (ready, _, _) = condition(&admin, &ns, SEED_CLASS, READY).await.unwrap();
     assert_eq!(ready, "False");
     assert_eq!(
         secret_value(&admin, &ns, "foosecret", "SECRET_API_KEY")
@@ -352,7 +352,7 @@ async fn a_service_account_that_did_not_opt_in_is_never_asked_for_a_token() {
     let class = podless_class(&admin, &ns, "1s").await;
 
     let (status, reason, message) = eventually(WAIT, "Ready=False", || async {
-        condition(&admin, &ns, SEED_CLASS, "Ready").await
+        condition(&admin, &ns, SEED_CLASS, READY).await
     })
     .await;
     assert_eq!(status, "False");
@@ -416,7 +416,7 @@ async fn a_service_account_that_did_not_opt_in_is_never_asked_for_a_token() {
         .await
         .unwrap();
     let (status, reason, message) = eventually(WAIT, "Pod Identity refused", || async {
-        condition(&admin, &ns, "pod-identity", "Ready").await
+        condition(&admin, &ns, "pod-identity", READY).await
     })
     .await;
     assert_eq!(

@@ -20,7 +20,7 @@ mod error;
 mod metrics;
 mod reconcile;
 mod request;
-pub mod status;
+mod status;
 mod token;
 
 use std::future::Future;
@@ -50,6 +50,7 @@ pub use error::PodlessError;
 pub use metrics::PodlessMetrics;
 pub use reconcile::{error_policy, reconcile, retry_after};
 pub use request::mount_request;
+pub use status::{READY, STALE};
 pub use token::AUDIENCE;
 
 /// How the pod-less sync runs.

@@ -149,13 +149,14 @@ async fn record(
         }
     };
     let next_status = status::next_status(
-        previous.as_ref(),
+        previous.as_ref().and_then(|p| p.status.as_ref()),
         attempt,
         class.metadata.generation,
         now,
         next,
     );
-    if let Err(e) = status::write(ctx, class, service_account, next_status).await {
+    if let Err(e) = status::write(ctx, class, previous.as_ref(), service_account, next_status).await
+    {
         tracing::warn!(class = %class.name_any(), error = %e, "writing the pod-less sync status");
     }
     if let Some(event) = status::event(attempt, applied)

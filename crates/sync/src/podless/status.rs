@@ -154,10 +154,12 @@ pub fn class_owner(class: &SecretProviderClass, controller: bool) -> Option<Owne
     })
 }
 
-/// Writes the class's `SecretProviderClassSync` (created owned by the class) with `status`.
+/// Writes the class's `SecretProviderClassSync` with `status`; the object itself (spec, owned by
+/// the class) only when `current` is not already it, so a refresh costs one status write.
 pub async fn write(
     ctx: &PodlessContext,
     class: &SecretProviderClass,
+    current: Option<&SecretProviderClassSync>,
     service_account: &str,
     status: SecretProviderClassSyncStatus,
 ) -> Result<(), kube::Error> {
@@ -173,7 +175,12 @@ pub async fn write(
         },
     );
     object.metadata.owner_references = class_owner(class, true).map(|o| vec![o]);
-    api.patch(&name, &params, &Patch::Apply(&object)).await?;
+    let up_to_date = current.is_some_and(|c| {
+        c.spec == object.spec && c.metadata.owner_references == object.metadata.owner_references
+    });
+    if !up_to_date {
+        api.patch(&name, &params, &Patch::Apply(&object)).await?;
+    }
     let status = serde_json::json!({
         "apiVersion": SecretProviderClassSync::api_version(&()),
         "kind": SecretProviderClassSync::kind(&()),
@@ -184,14 +191,14 @@ pub async fn write(
     Ok(())
 }
 
-/// The class's current `SecretProviderClassSync` status, if any.
+/// The class's current `SecretProviderClassSync`, if any.
 pub async fn read(
     ctx: &PodlessContext,
     class: &SecretProviderClass,
-) -> Result<Option<SecretProviderClassSyncStatus>, kube::Error> {
+) -> Result<Option<SecretProviderClassSync>, kube::Error> {
     let api: Api<SecretProviderClassSync> =
         Api::namespaced(ctx.client.clone(), &class.namespace().unwrap_or_default());
-    Ok(api.get_opt(&class.name_any()).await?.and_then(|o| o.status))
+    api.get_opt(&class.name_any()).await
 }
 
 /// The Event for an attempt: Normal when Secrets changed, Warning on a failure, none for a
