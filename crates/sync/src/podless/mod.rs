@@ -87,6 +87,8 @@ pub struct PodlessContext {
     recorder: Recorder,
     metrics: PodlessMetrics,
     config: PodlessConfig,
+    /// Tokens reused across runs while young (keyed by namespace and ServiceAccount).
+    tokens: token::TokenCache,
     /// The writer's watch of managed Secrets, taken and driven by [`run`].
     secret_watch: Mutex<Option<BoxFuture<'static, ()>>>,
 }
@@ -115,6 +117,7 @@ impl PodlessContext {
             writer,
             metrics,
             config,
+            tokens: token::TokenCache::default(),
             secret_watch: Mutex::new(Some(secret_watch)),
         })
     }

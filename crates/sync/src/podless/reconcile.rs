@@ -19,7 +19,7 @@ use secrets_store_provider_aws::params::uses_pod_identity;
 use super::config::{OptIn, jittered, opt_in, service_account_opted_in};
 use super::request::mount_request;
 use super::status::{self, Attempt, class_owner};
-use super::{PodlessContext, PodlessError, token};
+use super::{PodlessContext, PodlessError};
 use crate::files::VolumeFiles;
 use crate::lifetime::SecretLifetime;
 
@@ -211,19 +211,22 @@ async fn sync(
             source,
         })?;
     if !account.is_some_and(|a| service_account_opted_in(a.metadata.labels.as_ref())) {
+        ctx.tokens.forget(&namespace, &opted.service_account);
         return Err(PodlessError::ServiceAccountNotOptedIn {
             namespace,
             service_account: opted.service_account.clone(),
         });
     }
-    ctx.metrics.token_requested();
-    let tokens = token::mint(
-        &ctx.client,
-        &namespace,
-        &opted.service_account,
-        ctx.config.token_expiration_seconds,
-    )
-    .await?;
+    let tokens = ctx
+        .tokens
+        .get_or_mint(
+            &ctx.client,
+            &namespace,
+            &opted.service_account,
+            ctx.config.token_expiration_seconds,
+            || ctx.metrics.token_requested(),
+        )
+        .await?;
     let request = mount_request(class, &namespace, &opted.service_account, &tokens);
     let response = ctx
         .provider
