@@ -5,198 +5,21 @@
 
 #[path = "helm_chart/chart.rs"]
 mod chart;
+mod podless_world;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::Reporter;
-use kube::{Client, ResourceExt};
-use prometheus_client::registry::Registry;
 use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassSync};
-use secrets_store_api::labels::{
-    MANAGED, PODLESS_OPT_IN, PODLESS_REFRESH_INTERVAL, PODLESS_SERVICE_ACCOUNT,
-};
-use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig};
-use secrets_store_sync::podless::{
-    self, PodlessConfig, PodlessContext, PodlessError, READY, RefreshBounds, STALE,
-};
+use secrets_store_api::labels::{MANAGED, PODLESS_OPT_IN, PODLESS_SERVICE_ACCOUNT};
+use secrets_store_sync::podless::{self, PodlessError, READY, STALE};
 use secrets_store_testenv::{Cluster, eventually, seed};
 
-const WAIT: Duration = Duration::from_secs(90);
-/// The seed's ServiceAccount and class.
-const SEED_SA: &str = "nginx-deployment-sa";
-const SEED_CLASS: &str = "nginx-deployment-aws-secrets";
-
-/// The chart, installed once per test binary with the controller's pod-less sync on (and the
-/// node agent's cluster-wide policies off: nothing here is a node agent), in its own namespace.
-fn release() -> &'static str {
-    static RELEASE: OnceLock<String> = OnceLock::new();
-    RELEASE.get_or_init(|| {
-        let cluster = Cluster::shared();
-        let ns = format!("podless-ctl-{}", std::process::id());
-        let chart = chart::chart_dir();
-        let kubeconfig = cluster.kubeconfig_path().to_str().unwrap().to_string();
-        chart::helm(&[
-            "install",
-            chart::NAME,
-            chart.to_str().unwrap(),
-            "--namespace",
-            &ns,
-            "--create-namespace",
-            "--kubeconfig",
-            &kubeconfig,
-            "--set",
-            "controller.enabled=true,controller.podlessSync.enabled=true,admissionPolicies.podStatuses=false,admissionPolicies.workloads=false",
-        ]);
-        ns
-    })
-}
-
-/// A client acting as the controller's ServiceAccount of the release.
-async fn as_controller(cluster: &Cluster) -> Client {
-    let ns = release();
-    chart::impersonating(
-        cluster,
-        &format!("system:serviceaccount:{ns}:{}-controller", chart::NAME),
-        vec![
-            "system:serviceaccounts".into(),
-            format!("system:serviceaccounts:{ns}"),
-            "system:authenticated".into(),
-        ],
-    )
-    .await
-}
-
-/// The pod-less sync, running as the controller, with the in-process AWS provider on moto.
-struct Controller {
-    ctx: Arc<PodlessContext>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Controller {
-    async fn start(cluster: &'static Cluster) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let client = as_controller(cluster).await;
-        let provider = AwsProvider::new(
-            AwsProviderConfig {
-                default_region: Some(seed::REGION.into()),
-                endpoint_url: Some(cluster.moto().endpoint()),
-                ..AwsProviderConfig::default()
-            },
-            client.clone(),
-            secrets_store_provider_aws::Metrics::default(),
-        )
-        .await;
-        let config = PodlessConfig {
-            bounds: RefreshBounds {
-                min: Duration::from_secs(1),
-                ..RefreshBounds::default()
-            },
-            ..PodlessConfig::default()
-        };
-        let ctx = PodlessContext::new(
-            client,
-            Arc::new(provider),
-            config,
-            &mut Registry::default(),
-            Reporter {
-                controller: "secrets-store-rs-controller".into(),
-                instance: None,
-            },
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(podless::run(ctx.clone(), async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            ctx,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        (&mut self.task).await.unwrap();
-    }
-}
-
-/// The seed's ServiceAccount with the role ARN, opted in or not.
-async fn service_account(client: &Client, ns: &str, role: &str, opted_in: bool) {
-    let mut sa: ServiceAccount =
-        serde_yaml::from_str(&seed::file("serviceaccount.yaml").replace("ROLE_ARN", role)).unwrap();
-    if opted_in {
-        sa.labels_mut().insert(PODLESS_OPT_IN.into(), "true".into());
-    }
-    Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &sa)
-        .await
-        .unwrap();
-}
-
-/// The seed's SecretProviderClass, verbatim but for the two opt-in annotations.
-async fn podless_class(client: &Client, ns: &str, every: &str) -> SecretProviderClass {
-    let mut class: SecretProviderClass =
-        serde_yaml::from_str(&seed::file("secretproviderclass.yaml")).unwrap();
-    let annotations = class.annotations_mut();
-    annotations.insert(PODLESS_SERVICE_ACCOUNT.into(), SEED_SA.into());
-    annotations.insert(PODLESS_REFRESH_INTERVAL.into(), every.into());
-    Api::<SecretProviderClass>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &class)
-        .await
-        .unwrap()
-}
-
-async fn secret_value(client: &Client, ns: &str, name: &str, key: &str) -> Option<String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
-        .get_opt(name)
-        .await
-        .unwrap()?;
-    let bytes = secret.data?.get(key)?.0.clone();
-    Some(String::from_utf8(bytes).unwrap())
-}
-
-/// The class's `SecretProviderClassSync` condition `type_`: (status, reason, message).
-async fn condition(
-    client: &Client,
-    ns: &str,
-    class: &str,
-    type_: &str,
-) -> Option<(String, String, String)> {
-    let sync = Api::<SecretProviderClassSync>::namespaced(client.clone(), ns)
-        .get_opt(class)
-        .await
-        .unwrap()?;
-    let c = sync
-        .status?
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == type_)?;
-    Some((c.status, c.reason, c.message))
-}
-
-/// TokenRequests for `ns/sa` in the apiserver's audit log (any outcome).
-fn token_requests_in_audit_log(cluster: &Cluster, ns: &str, sa: &str) -> usize {
-    let log = std::fs::read_to_string(cluster.audit_log()).unwrap_or_default();
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| {
-            let o = &e["objectRef"];
-            o["resource"] == "serviceaccounts"
-                && o["subresource"] == "token"
-                && o["namespace"] == ns
-                && o["name"] == sa
-        })
-        .count()
-}
+use podless_world::*;
 
 /// The seed's class with pod-less sync and no Deployment at all: `foosecret` appears with the
 /// value, owned by the class, Ready; a rotation in AWS reaches it on the next refresh; deleting
@@ -211,7 +34,7 @@ async fn seed_class_without_pods_syncs_rotates_and_goes_with_its_class() {
     let account = cluster.moto().new_account();
     let role = seed::seed_aws(cluster, &account, "secretkey").await;
     service_account(&admin, &ns, &role, true).await;
-    let controller = Controller::start(cluster).await;
+    let controller = Controller::start(cluster, cluster.moto().endpoint()).await;
     let class = podless_class(&admin, &ns, "2s").await;
 
     eventually(WAIT, "foosecret with SECRET_API_KEY", || async {
@@ -352,7 +175,7 @@ async fn a_service_account_that_did_not_opt_in_is_never_asked_for_a_token() {
     let account = cluster.moto().new_account();
     let role = seed::seed_aws(cluster, &account, "secretkey").await;
     service_account(&admin, &ns, &role, false).await;
-    let controller = Controller::start(cluster).await;
+    let controller = Controller::start(cluster, cluster.moto().endpoint()).await;
     let class = podless_class(&admin, &ns, "1s").await;
 
     let (status, reason, message) = eventually(WAIT, "Ready=False", || async {

@@ -2,6 +2,10 @@
 //! short life, in the shape kubelet passes tokens to a CSI driver, so the provider reads it
 //! exactly as it reads a pod's.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Client;
@@ -59,19 +63,24 @@ pub async fn mint(
 
 /// Tokens already minted, by (namespace, ServiceAccount), reused while more than half of their
 /// life is left: classes sharing a ServiceAccount, and refreshes shorter than a token's life, cost
-/// one TokenRequest per half-life instead of one per run. In memory only; an entry is used only
+/// one TokenRequest per half-life instead of one per run. Single-flight per ServiceAccount (runs
+/// of its classes started together wait for one request). In memory only; an entry is used only
 /// after the run has checked that the ServiceAccount still opts in.
 #[derive(Default)]
 pub struct TokenCache {
-    tokens: std::sync::Mutex<std::collections::HashMap<(String, String), Cached>>,
+    slots: std::sync::Mutex<Slots>,
 }
+
+/// One slot per (namespace, ServiceAccount): the token, behind the lock its minting holds.
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+type Slots = HashMap<(String, String), Slot>;
 
 struct Cached {
     tokens: ServiceAccountTokens,
     /// When the token expires, measured from before it was requested (so never late).
-    expires: std::time::Instant,
+    expires: Instant,
     /// When it stops being handed out: half its life.
-    reuse_until: std::time::Instant,
+    reuse_until: Instant,
 }
 
 impl TokenCache {
@@ -85,25 +94,34 @@ impl TokenCache {
         expiration_seconds: i64,
         minted: impl FnOnce(),
     ) -> Result<ServiceAccountTokens, PodlessError> {
-        let key = (namespace.to_string(), service_account.to_string());
-        let now = std::time::Instant::now();
-        if let Some(hit) = self.lock().get(&key).filter(|c| c.reuse_until > now) {
+        let slot = {
+            let mut slots = self.lock();
+            // Slots of expired tokens nobody is minting leave, so the map holds live tokens.
+            let now = Instant::now();
+            slots.retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || slot
+                        .try_lock()
+                        .map_or(true, |c| c.as_ref().is_some_and(|c| c.expires > now))
+            });
+            slots
+                .entry((namespace.to_string(), service_account.to_string()))
+                .or_default()
+                .clone()
+        };
+        let mut cached = slot.lock().await;
+        let now = Instant::now();
+        if let Some(hit) = cached.as_ref().filter(|c| c.reuse_until > now) {
             return Ok(hit.tokens.clone());
         }
-        let life = std::time::Duration::from_secs(expiration_seconds.max(0).unsigned_abs());
+        let life = Duration::from_secs(expiration_seconds.max(0).unsigned_abs());
         minted();
         let tokens = mint(client, namespace, service_account, expiration_seconds).await?;
-        let mut cache = self.lock();
-        // Expired entries leave on every mint, so the map holds only live tokens.
-        cache.retain(|_, c| c.expires > now);
-        cache.insert(
-            key,
-            Cached {
-                tokens: tokens.clone(),
-                expires: now + life,
-                reuse_until: now + life / 2,
-            },
-        );
+        *cached = Some(Cached {
+            tokens: tokens.clone(),
+            expires: now + life,
+            reuse_until: now + life / 2,
+        });
         Ok(tokens)
     }
 
@@ -113,9 +131,7 @@ impl TokenCache {
             .remove(&(namespace.to_string(), service_account.to_string()));
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, String), Cached>> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
