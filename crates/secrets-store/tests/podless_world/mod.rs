@@ -15,7 +15,9 @@ use secrets_store_api::labels::{
     PODLESS_OPT_IN, PODLESS_REFRESH_INTERVAL, PODLESS_SERVICE_ACCOUNT,
 };
 use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig};
-use secrets_store_sync::podless::{self, PodlessConfig, PodlessContext, RefreshBounds};
+use secrets_store_sync::podless::{
+    self, PodlessConfig, PodlessContext, PodlessMetrics, RefreshBounds,
+};
 use secrets_store_testenv::{Cluster, seed};
 
 use crate::chart;
@@ -97,11 +99,13 @@ impl Controller {
             },
             ..PodlessConfig::default()
         };
+        let metrics = PodlessMetrics::default();
+        metrics.register(&mut Registry::default());
         let ctx = PodlessContext::new(
             client,
             Arc::new(provider),
             config,
-            &mut Registry::default(),
+            metrics,
             Reporter {
                 controller: "secrets-store-rs-controller".into(),
                 instance: None,

@@ -37,7 +37,6 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use prometheus_client::registry::Registry;
 use secrets_store_api::crd::SecretProviderClass;
 use secrets_store_api::labels::{PODLESS_OPT_IN, PODLESS_SERVICE_ACCOUNT};
 use secrets_store_provider::Provider;
@@ -95,16 +94,16 @@ pub struct PodlessContext {
 
 impl PodlessContext {
     /// A context calling `provider` (the in-process AWS provider, built as the node agent builds
-    /// it; its caches are shared with nothing else), with its metrics registered in `registry`.
+    /// it; its caches are shared with nothing else), counting into `metrics` (registered once by
+    /// the caller with [`PodlessMetrics::register`]). One context serves one [`run`]: after a lost
+    /// leadership, build another (the provider and the metrics can be the same).
     pub fn new(
         client: Client,
         provider: Arc<dyn Provider>,
         config: PodlessConfig,
-        registry: &mut Registry,
+        metrics: PodlessMetrics,
         reporter: Reporter,
     ) -> Arc<Self> {
-        let metrics = PodlessMetrics::default();
-        metrics.register(registry);
         let (writer, secret_watch) = SecretWriter::new(
             client.clone(),
             config.field_manager.clone(),
