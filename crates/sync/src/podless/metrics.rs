@@ -60,7 +60,7 @@ impl PodlessMetrics {
     }
 
     /// Counts one reconcile of an opted-in class.
-    pub fn reconciled(&self, result: &str, took: Duration) {
+    pub(crate) fn reconciled(&self, result: &str, took: Duration) {
         self.reconciles
             .get_or_create(&ReconcileLabels {
                 result: result.to_string(),
@@ -70,7 +70,7 @@ impl PodlessMetrics {
     }
 
     /// Counts one TokenRequest.
-    pub fn token_requested(&self) {
+    pub(crate) fn token_requested(&self) {
         self.tokens.inc();
     }
 
