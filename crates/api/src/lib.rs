@@ -3,6 +3,7 @@
 //! - [`crd`]: the `SecretProviderClass` and `SecretProviderClassPodStatus` custom resources
 //!   (group `secrets-store.csi.x-k8s.io`), schema-compatible with upstream v1.6, and their CRDs.
 //! - [`labels`]: label and annotation keys shared by the driver and the secret sync.
+//! - [`duration`]: the one parser of durations written as `30s`, `2m`, `1h`.
 //! - [`csi::v1`], [`provider::v1alpha1`], [`registration::v1`]: prost messages and tonic
 //!   clients/servers generated from our own `.proto` files, whose packages, names and field
 //!   numbers match the upstream wire contracts.
@@ -11,6 +12,7 @@
 //! have a hand-written `Debug` that prints sizes instead of values.
 
 pub mod crd;
+pub mod duration;
 pub mod labels;
 mod redact;
 

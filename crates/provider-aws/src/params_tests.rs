@@ -479,3 +479,25 @@ fn limits_name_the_object_the_limit_and_the_size() {
     assert!(msg.contains("(169 bytes)"), "abbreviated: {msg}");
     assert!(msg.contains("'@' (current node) is not supported"), "{msg}");
 }
+
+#[test]
+fn uses_pod_identity_reads_the_parameter_as_the_mount_does() {
+    for (value, want) in [
+        (Some("true"), true),
+        (Some("True"), true),
+        (Some("1"), true),
+        (Some("t"), true),
+        (Some("false"), false),
+        (Some("0"), false),
+        (Some(""), false),
+        // Not a boolean: not Pod Identity here; the mount refuses the value itself.
+        (Some("yes"), false),
+        (None, false),
+    ] {
+        let params = match value {
+            Some(v) => attrs(&[("usePodIdentity", v)]),
+            None => attrs(&[]),
+        };
+        assert_eq!(uses_pod_identity(&params), want, "{value:?}");
+    }
+}

@@ -1,11 +1,13 @@
 //! The Kubernetes side of a mount: Secrets synced from `secretObjects`, how long they live,
-//! rotation and the rollout of workloads when a synced Secret changes.
+//! rotation and the rollout of workloads when a synced Secret changes; and the same Secrets kept
+//! without any pod ([`podless`]).
 
 pub mod consumers;
 pub mod desired;
 mod files;
 mod hook;
 pub mod lifetime;
+pub mod podless;
 pub mod rollout;
 mod syncer;
 mod target;

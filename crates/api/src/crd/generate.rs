@@ -1,4 +1,4 @@
-//! Builds the two CRDs from the Rust types and renders them as YAML.
+//! Builds the CRDs from the Rust types and renders them as YAML.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
@@ -6,13 +6,13 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 use kube::core::crd::merge_crds;
 
-use super::{pod_status, spc, v1alpha1};
+use super::{pod_status, spc, sync_status, v1alpha1};
 
 /// The storage version of both CRDs.
 const STORAGE_VERSION: &str = "v1";
 
-/// Both CRDs (`secretproviderclasses` then `secretproviderclasspodstatuses`), each serving v1
-/// (storage) and the deprecated v1alpha1.
+/// Upstream's two CRDs (`secretproviderclasses` then `secretproviderclasspodstatuses`), each
+/// serving v1 (storage) and the deprecated v1alpha1, then our own `secretproviderclasssyncs`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         merged(vec![
@@ -23,7 +23,24 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
             pod_status::SecretProviderClassPodStatus::crd(),
             v1alpha1::SecretProviderClassPodStatus::crd(),
         ]),
+        ours(sync_status::SecretProviderClassSync::crd()),
     ]
+}
+
+/// Our own CRD as kube derives it (status subresource kept: only the controller writes status),
+/// without the `title`/`nullable`/`default` schemars adds.
+fn ours(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    crd.spec.names.list_kind = Some(format!("{}List", crd.spec.names.kind));
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            match_upstream(schema);
+        }
+    }
+    crd
 }
 
 /// All CRDs as one multi-document YAML stream (what `secrets-store crds` prints).

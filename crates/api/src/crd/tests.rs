@@ -119,7 +119,7 @@ fn object_name_matches_upstream_format() {
 
 #[test]
 fn crds_match_upstream_shape() {
-    let crds = crds();
+    let mut crds = crds();
     let names: Vec<_> = crds
         .iter()
         .map(|c| c.metadata.name.clone().unwrap())
@@ -128,9 +128,24 @@ fn crds_match_upstream_shape() {
         names,
         [
             "secretproviderclasses.secrets-store.csi.x-k8s.io",
-            "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io"
+            "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io",
+            "secretproviderclasssyncs.secrets-store-rs.io",
         ]
     );
+    // Our own CRD is not upstream's: its own group, one version, a status subresource.
+    let ours = crds.pop().unwrap();
+    assert_eq!(ours.spec.group, crate::crd::SYNC_API_GROUP);
+    assert_eq!(ours.spec.versions.len(), 1);
+    assert!(
+        ours.spec.versions[0]
+            .subresources
+            .as_ref()
+            .unwrap()
+            .status
+            .is_some()
+    );
+    let schema = serde_json::to_string(&ours.spec.versions[0].schema).unwrap();
+    assert!(!schema.contains("nullable"), "{schema}");
     for crd in &crds {
         assert_eq!(crd.spec.scope, "Namespaced");
         let versions: Vec<_> = crd

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
+use secrets_store_api::duration::parse_duration;
 use secrets_store_driver::mounter::DEFAULT_TMPFS_SIZE;
 use secrets_store_driver::server::{ServeConfig, parse_endpoint, serve};
 use secrets_store_driver::{
@@ -109,20 +110,6 @@ fn parse_addr(s: &str) -> Result<ListenAddr, String> {
     s.parse()
         .map(|a| ListenAddr(Some(a)))
         .map_err(|e| format!("invalid address {s:?}: {e}"))
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 2m, 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("invalid duration unit in {s:?}: use s, m or h")),
-    };
-    Ok(Duration::from_secs(secs))
 }
 
 /// Runs the node agent until SIGTERM/SIGINT.
@@ -328,16 +315,6 @@ async fn provider_health_check(dirs: Vec<PathBuf>, period: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        assert!(parse_duration("2d").is_err());
-        assert!(parse_duration("m").is_err());
-    }
 
     #[test]
     fn empty_address_disables() {

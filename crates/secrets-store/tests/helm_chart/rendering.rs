@@ -76,6 +76,14 @@ fn helm_lint_passes_for_default_and_full_values() {
     ]);
     assert!(out.contains("0 chart(s) failed"), "{out}");
     // What a node without kube-proxy (the real test node) needs.
+    let out = helm(&[
+        "lint",
+        "--strict",
+        chart,
+        "--set",
+        "controller.enabled=true,controller.podlessSync.enabled=true",
+    ]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
     let node_values = "hostNetwork=true,apiServer.host=127.0.0.1,apiServer.port=6443,serviceAccountTokenInSecrets=false,extraEnv[0].name=AWS_ENDPOINT_URL,extraEnv[0].value=http://127.0.0.1:5000";
     let out = helm(&["lint", "--strict", chart, "--set", node_values]);
     assert!(out.contains("0 chart(s) failed"), "{out}");
@@ -157,6 +165,39 @@ fn admission_policies_render_as_configured() {
         ])
         .is_empty()
     );
+    // Pod-less sync: its three policies only with the controller and the feature both on.
+    let podless = [
+        "secrets-store-rs-podless-token-subjects",
+        "secrets-store-rs-podless-token-audience",
+        "secrets-store-rs-podless-managed-secrets",
+    ];
+    for sets in [
+        &["controller.podlessSync.enabled=true"][..],
+        &["controller.enabled=true"][..],
+    ] {
+        let rendered = policies(sets);
+        assert!(
+            podless.iter().all(|p| !rendered.contains(&p.to_string())),
+            "{sets:?}"
+        );
+    }
+    let both = [
+        "controller.enabled=true",
+        "controller.podlessSync.enabled=true",
+    ];
+    let rendered = policies(&both);
+    assert!(
+        podless.iter().all(|p| rendered.contains(&p.to_string())),
+        "{rendered:?}"
+    );
+    // They confine the controller's ServiceAccount, never the node agent's.
+    let out = render(&both);
+    assert_eq!(
+        out.matches(r#""system:serviceaccount:kube-system:secrets-store-rs-controller""#)
+            .count(),
+        3,
+        "{out}"
+    );
     // Each names the release's ServiceAccount as the agent.
     let out = render(&["syncSecret.enabled=true"]);
     assert_eq!(
@@ -189,7 +230,8 @@ fn chart_crds_are_the_generated_ones() {
         .filter(|n| n.ends_with(".yaml"))
         .collect();
     names.sort();
-    assert_eq!(names.len(), 2, "expected two generated CRDs: {names:?}");
+    // Upstream's two and our own SecretProviderClassSync.
+    assert_eq!(names.len(), 3, "expected three generated CRDs: {names:?}");
     for name in &names {
         let want = std::fs::read_to_string(generated.join(name)).unwrap();
         assert_current(&copied.join(name), &want);

@@ -5,28 +5,28 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use secrets_store_api::crd::{SecretObject, SecretProviderClass, SecretProviderClassPodStatus};
+use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
 use secrets_store_api::labels;
 use secrets_store_driver::mounter::MountTable;
 use secrets_store_provider::SecretBytes;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 
 use crate::consumers::{consumers_of, pod_status_owner};
-use crate::desired::{DesiredSecretError, desired_secret};
+use crate::desired::DesiredSecretError;
 use crate::files::VolumeFiles;
 use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_references};
 use crate::rollout::Rollout;
 use crate::target::{NodeVolumes, UntrustedTarget, VerifiedTarget};
-use write::{SecretVersions, SecretWrite, VerifiedVersions, keep_version_only};
+pub(crate) use writer::SecretWriter;
 
 mod reconcile;
 mod write;
+mod writer;
 
 /// A volume that was just mounted (or remounted) and whose synced Secrets must be written.
 pub struct SyncRequest<'a> {
@@ -175,23 +175,16 @@ pub trait ClassLookup: Send + Sync {
     async fn class(&self, namespace: &str, name: &str) -> Option<Arc<SecretProviderClass>>;
 }
 
-/// One lock per (namespace, Secret name) being written on this node.
-type SecretLocks = HashMap<(String, String), Arc<Mutex<()>>>;
-
 /// Writes synced Secrets with server-side apply, from watched state bounded by this node.
 #[derive(Clone)]
 pub struct SecretSync {
     client: Client,
     node: NodeVolumes,
-    field_manager: String,
     statuses: Store<SecretProviderClassPodStatus>,
     pods: Store<Pod>,
-    /// Managed Secrets by identity and version only: their data is read only for the Secrets
-    /// this node writes, and only when `verified` cannot vouch for them.
-    secrets: SecretVersions,
-    verified: VerifiedVersions,
+    /// The write path shared with the pod-less sync (its watch of managed Secrets included).
+    writer: SecretWriter,
     classes: Arc<dyn ClassLookup>,
-    locks: Arc<StdMutex<SecretLocks>>,
     secrets_changed: Arc<Notify>,
     rollout: Option<Rollout>,
     /// Status objects the reconciler refused, by uid, with the resourceVersion it warned about:
@@ -212,7 +205,6 @@ impl SecretSync {
         let node_label = format!("{}={node_name}", labels::NODE_NAME);
         let (statuses, status_writer) = reflector::store();
         let (pods, pod_writer) = reflector::store();
-        let (secrets, secret_writer) = reflector::store();
         let status_stream = reflector::reflector(
             status_writer,
             watcher(
@@ -227,42 +219,26 @@ impl SecretSync {
                 watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
             ),
         );
-        // Metadata only: any tenant may put the label on any number of Secrets of any size.
-        let secret_stream = reflector::reflector(
-            secret_writer,
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-                watcher::Config::default().labels(&format!(
-                    "{}={}",
-                    labels::MANAGED,
-                    labels::MANAGED_VALUE
-                )),
-            )
-            .modify(keep_version_only),
-        );
+        // Every change to a managed Secret wakes the drift reconciler.
         let secrets_changed = Arc::new(Notify::new());
-        let changed = secrets_changed.clone();
+        let (writer, secret_watch) = SecretWriter::new(
+            client.clone(),
+            format!("secrets-store-rs/{node_name}"),
+            secrets_changed.clone(),
+        );
         let drive = async move {
             let s = status_stream.default_backoff().for_each(|_| async {});
             let p = pod_stream.default_backoff().for_each(|_| async {});
-            // Every change to a managed Secret wakes the drift reconciler.
-            let c = secret_stream.default_backoff().for_each(|_| {
-                changed.notify_one();
-                async {}
-            });
-            futures::join!(s, p, c);
+            futures::join!(s, p, secret_watch);
         }
         .boxed();
         let sync = Self {
             client,
             node,
-            field_manager: format!("secrets-store-rs/{node_name}"),
             statuses,
             pods,
-            secrets,
-            verified: VerifiedVersions::new(),
+            writer,
             classes,
-            locks: Arc::default(),
             secrets_changed,
             rollout: None,
             refused: Arc::default(),
@@ -282,7 +258,7 @@ impl SecretSync {
         let _ = futures::join!(
             self.statuses.wait_until_ready(),
             self.pods.wait_until_ready(),
-            self.secrets.wait_until_ready()
+            self.writer.ready()
         );
     }
 
@@ -298,25 +274,17 @@ impl SecretSync {
                 class: class_name.clone(),
                 source,
             })?;
-        let mut report = SyncReport::default();
-        let mut first_error = None;
-        for (index, object) in volume.class.spec.secret_objects.iter().enumerate() {
-            match self
-                .write(&namespace, index, object, lifetime, volume)
-                .await
-            {
-                Ok(Outcome::Unchanged) => report.unchanged.push(object.secret_name.clone()),
-                Ok(Outcome::Applied { data_changed }) => {
-                    report.applied.push(object.secret_name.clone());
-                    if let Some(data) = data_changed {
-                        report.data_changed.push((object.secret_name.clone(), data));
-                    }
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
+        let namespace_ref = namespace.as_str();
+        let owners = |secret: String| async move {
+            owner_references(
+                lifetime,
+                &self.consumers(namespace_ref, &secret, volume).await,
+            )
+        };
+        let (report, first_error) = self
+            .writer
+            .write_class(volume.class, volume.files, owners)
+            .await;
         self.roll_out(&namespace, &report.data_changed).await;
         match first_error {
             Some(e) => Err(e),
@@ -339,49 +307,6 @@ impl SecretSync {
                 Err(e) => tracing::warn!(error = %e, "rollout after Secret change failed"),
             }
         }
-    }
-
-    async fn write(
-        &self,
-        namespace: &str,
-        index: usize,
-        object: &SecretObject,
-        lifetime: SecretLifetime,
-        volume: &SyncRequest<'_>,
-    ) -> Result<Outcome, SyncError> {
-        let lock = self.lock_for(namespace, object.secret_name.trim());
-        let _guard = lock.lock().await;
-        // Read the objects under the lock: a concurrent publish that rotates them then applies
-        // after us, so the newest content always lands last.
-        let files =
-            volume
-                .files
-                .for_secret(object)
-                .await
-                .map_err(|source| SyncError::ReadFiles {
-                    namespace: namespace.to_string(),
-                    name: object.secret_name.clone(),
-                    source,
-                })?;
-        let desired = desired_secret(index, object, &files).map_err(|source| {
-            SyncError::InvalidSecretObject {
-                namespace: namespace.to_string(),
-                class: volume.class.name_any(),
-                source: Box::new(source),
-            }
-        })?;
-        let consumers = self.consumers(namespace, &desired.name, volume).await;
-        let owners = owner_references(lifetime, &consumers);
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        SecretWrite {
-            api: &api,
-            namespace,
-            desired: &desired,
-            owners: &owners,
-            field_manager: &self.field_manager,
-        }
-        .run(&self.secrets, &self.verified)
-        .await
     }
 
     /// This node's consumers of a Secret, always including the volume being published (the
@@ -459,16 +384,6 @@ impl SecretSync {
                 status: status.name_any(),
                 source: Box::new(source),
             })
-    }
-
-    fn lock_for(&self, namespace: &str, name: &str) -> Arc<Mutex<()>> {
-        let mut locks = self.locks.lock().expect("lock map poisoned");
-        // Drop locks nobody holds so the map stays as small as the set of busy Secrets.
-        locks.retain(|_, l| Arc::strong_count(l) > 1);
-        locks
-            .entry((namespace.to_string(), name.to_string()))
-            .or_default()
-            .clone()
     }
 }
 

@@ -62,7 +62,7 @@ impl SecretSync {
         };
         let statuses = self.statuses.state();
         self.forget_refusals_except(&statuses);
-        self.verified.retain_watched(&self.secrets);
+        self.writer.forget_unwatched();
         for status in statuses {
             let Some(fields) = status.status.as_ref().filter(|f| f.mounted) else {
                 continue;

@@ -1,0 +1,183 @@
+//! The one write path of synced Secrets, shared by the node agent (a mounted volume's files) and
+//! the pod-less sync (a provider answer held in memory): the same names, types, labels, keys,
+//! locks and precondition rules whichever caller computed the owners.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use secrets_store_api::crd::{SecretObject, SecretProviderClass};
+use secrets_store_api::labels;
+use secrets_store_provider::SecretBytes;
+use tokio::sync::{Mutex, Notify};
+
+use super::write::{SecretVersions, SecretWrite, VerifiedVersions, keep_version_only};
+use super::{Outcome, SyncError, SyncReport};
+use crate::desired::desired_secret;
+use crate::files::VolumeFiles;
+
+/// One lock per (namespace, Secret name) being written by this process.
+type SecretLocks = HashMap<(String, String), Arc<Mutex<()>>>;
+
+/// Writes the Secrets of a class's `secretObjects` with one field manager, from the watched
+/// metadata of the managed Secrets.
+#[derive(Clone)]
+pub(crate) struct SecretWriter {
+    client: Client,
+    field_manager: String,
+    /// Managed Secrets by identity and version only: their data is read only for the Secrets
+    /// this process writes, and only when `verified` cannot vouch for them.
+    secrets: SecretVersions,
+    verified: VerifiedVersions,
+    locks: Arc<StdMutex<SecretLocks>>,
+}
+
+impl SecretWriter {
+    /// A writer applying as `field_manager`, and the future that drives its watch of the managed
+    /// Secrets' metadata; every change to one notifies `changed`.
+    pub(crate) fn new(
+        client: Client,
+        field_manager: String,
+        changed: Arc<Notify>,
+    ) -> (Self, BoxFuture<'static, ()>) {
+        let (secrets, secret_writer) = reflector::store();
+        // Metadata only: any tenant may put the label on any number of Secrets of any size.
+        let secret_stream = reflector::reflector(
+            secret_writer,
+            watcher(
+                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+                watcher::Config::default().labels(&format!(
+                    "{}={}",
+                    labels::MANAGED,
+                    labels::MANAGED_VALUE
+                )),
+            )
+            .modify(keep_version_only),
+        );
+        let drive = secret_stream
+            .default_backoff()
+            .for_each(move |_| {
+                changed.notify_one();
+                async {}
+            })
+            .boxed();
+        let writer = Self {
+            client,
+            field_manager,
+            secrets,
+            verified: VerifiedVersions::new(),
+            locks: Arc::default(),
+        };
+        (writer, drive)
+    }
+
+    /// Waits until the watch of managed Secrets has listed once.
+    pub(crate) async fn ready(&self) {
+        let _ = self.secrets.wait_until_ready().await;
+    }
+
+    /// Forgets what was verified about Secrets the watch no longer has.
+    pub(crate) fn forget_unwatched(&self) {
+        self.verified.retain_watched(&self.secrets);
+    }
+
+    /// Creates or updates every Secret of `class.spec.secretObjects` in the class's namespace
+    /// from `files`; `owners` gives the owner references of a Secret by name, computed under
+    /// that Secret's lock. Every Secret is attempted; the report says what each write did and
+    /// the first error, if any, comes back after the others were written.
+    pub(crate) async fn write_class<F, Fut>(
+        &self,
+        class: &SecretProviderClass,
+        files: VolumeFiles<'_>,
+        owners: F,
+    ) -> (SyncReport, Option<SyncError>)
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Vec<OwnerReference>>,
+    {
+        let namespace = class.namespace().unwrap_or_default();
+        let mut report = SyncReport::default();
+        let mut first_error = None;
+        for (index, object) in class.spec.secret_objects.iter().enumerate() {
+            match self
+                .write_object(&namespace, class, index, object, files, &owners)
+                .await
+            {
+                Ok(Outcome::Unchanged) => report.unchanged.push(object.secret_name.clone()),
+                Ok(Outcome::Applied { data_changed }) => {
+                    report.applied.push(object.secret_name.clone());
+                    if let Some(data) = data_changed {
+                        report.data_changed.push((object.secret_name.clone(), data));
+                    }
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        (report, first_error)
+    }
+
+    async fn write_object<F, Fut>(
+        &self,
+        namespace: &str,
+        class: &SecretProviderClass,
+        index: usize,
+        object: &SecretObject,
+        files: VolumeFiles<'_>,
+        owners: &F,
+    ) -> Result<Outcome, SyncError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Vec<OwnerReference>>,
+    {
+        let lock = self.lock_for(namespace, object.secret_name.trim());
+        let _guard = lock.lock().await;
+        // Read the objects under the lock: a concurrent publish that rotates them then applies
+        // after us, so the newest content always lands last.
+        let files: std::borrow::Cow<'_, BTreeMap<String, SecretBytes>> = files
+            .for_secret(object)
+            .await
+            .map_err(|source| SyncError::ReadFiles {
+                namespace: namespace.to_string(),
+                name: object.secret_name.clone(),
+                source,
+            })?;
+        let desired = desired_secret(index, object, &files).map_err(|source| {
+            SyncError::InvalidSecretObject {
+                namespace: namespace.to_string(),
+                class: class.name_any(),
+                source: Box::new(source),
+            }
+        })?;
+        let owners = owners(desired.name.clone()).await;
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        SecretWrite {
+            api: &api,
+            namespace,
+            desired: &desired,
+            owners: &owners,
+            field_manager: &self.field_manager,
+        }
+        .run(&self.secrets, &self.verified)
+        .await
+    }
+
+    fn lock_for(&self, namespace: &str, name: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().expect("lock map poisoned");
+        // Drop locks nobody holds so the map stays as small as the set of busy Secrets.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks
+            .entry((namespace.to_string(), name.to_string()))
+            .or_default()
+            .clone()
+    }
+}
