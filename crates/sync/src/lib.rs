@@ -6,6 +6,7 @@ pub mod desired;
 mod files;
 mod hook;
 pub mod lifetime;
+pub mod leader;
 pub mod rollout;
 mod syncer;
 mod target;
