@@ -64,7 +64,9 @@ impl LeaseConfig {
             ));
         }
         if self.lease_duration.as_secs() < 1 || self.lease_duration.as_secs() > i32::MAX as u64 {
-            return Err("the lease duration must be at least 1 s (the Lease stores whole seconds)".into());
+            return Err(
+                "the lease duration must be at least 1 s (the Lease stores whole seconds)".into(),
+            );
         }
         if self.identity.is_empty() {
             return Err("the leader identity is empty".into());
@@ -157,11 +159,18 @@ impl LeaderElector {
                     return;
                 }
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, lease = %self.config.name, "reading or writing the leader Lease failed"),
-                Err(_) => tracing::warn!(lease = %self.config.name, "the leader Lease request timed out"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, lease = %self.config.name, "reading or writing the leader Lease failed")
+                }
+                Err(_) => {
+                    tracing::warn!(lease = %self.config.name, "the leader Lease request timed out")
+                }
             }
             // Jitter keeps standbys from retrying in lockstep.
-            let jitter = self.config.retry_period.mul_f64(rand::random_range(0.0..0.2));
+            let jitter = self
+                .config
+                .retry_period
+                .mul_f64(rand::random_range(0.0..0.2));
             tokio::time::sleep_until(started + self.config.retry_period + jitter).await;
         }
     }
@@ -169,9 +178,11 @@ impl LeaderElector {
     /// Renews the lease every retry period; returns as soon as leadership is lost or can no longer
     /// be vouched for (no successful renewal within the renew deadline).
     pub async fn hold(&mut self) {
-        let mut deadline = self.renewed_at.unwrap_or_else(Instant::now) + self.config.renew_deadline;
+        let mut deadline =
+            self.renewed_at.unwrap_or_else(Instant::now) + self.config.renew_deadline;
         loop {
-            tokio::time::sleep_until((Instant::now() + self.config.retry_period).min(deadline)).await;
+            tokio::time::sleep_until((Instant::now() + self.config.retry_period).min(deadline))
+                .await;
             let started = Instant::now();
             match tokio::time::timeout_at(deadline, self.try_once()).await {
                 Ok(Ok(Attempt::Held)) => {
@@ -183,7 +194,9 @@ impl LeaderElector {
                     return;
                 }
                 Ok(Ok(Attempt::Conflict)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, lease = %self.config.name, "renewing the leader Lease failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, lease = %self.config.name, "renewing the leader Lease failed")
+                }
                 Err(_) => {}
             }
             if Instant::now() >= deadline {
@@ -215,7 +228,9 @@ impl LeaderElector {
         };
         match tokio::time::timeout(self.config.renew_deadline, release).await {
             Ok(Ok(())) => tracing::info!(lease = %self.config.name, "released the leader Lease"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "releasing the leader Lease failed; it expires by itself"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "releasing the leader Lease failed; it expires by itself")
+            }
             Err(_) => tracing::warn!("releasing the leader Lease timed out; it expires by itself"),
         }
     }
@@ -259,7 +274,8 @@ impl LeaderElector {
                 tracing::info!(lease = %self.config.name, previous = ?spec.holder_identity, "taking the leader Lease");
                 next.holder_identity = Some(me);
                 next.acquire_time = Some(now.clone());
-                next.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+                next.lease_transitions =
+                    Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
             }
         }
         next.renew_time = Some(now);
@@ -372,18 +388,62 @@ mod tests {
         let default = s(15);
         for (what, lease, unchanged_for, want) in [
             ("ours", spec(Some("me"), Some(15)), s(100), LeaseStep::Renew),
-            ("ours, just renewed", spec(Some("me"), Some(15)), s(0), LeaseStep::Renew),
+            (
+                "ours, just renewed",
+                spec(Some("me"), Some(15)),
+                s(0),
+                LeaseStep::Renew,
+            ),
             ("free", spec(None, None), s(0), LeaseStep::Take),
             ("released", spec(Some(""), Some(1)), s(0), LeaseStep::Take),
-            ("other, fresh", spec(Some("b"), Some(15)), s(3), LeaseStep::Wait),
-            ("other, just under", spec(Some("b"), Some(15)), s(15) - Duration::from_millis(1), LeaseStep::Wait),
-            ("other, silent for the duration", spec(Some("b"), Some(15)), s(15), LeaseStep::Take),
-            ("other, its own shorter duration", spec(Some("b"), Some(5)), s(6), LeaseStep::Take),
-            ("other, no duration: ours applies", spec(Some("b"), None), s(10), LeaseStep::Wait),
-            ("other, no duration, silent", spec(Some("b"), None), s(16), LeaseStep::Take),
-            ("other, negative duration: ours applies", spec(Some("b"), Some(-1)), s(10), LeaseStep::Wait),
+            (
+                "other, fresh",
+                spec(Some("b"), Some(15)),
+                s(3),
+                LeaseStep::Wait,
+            ),
+            (
+                "other, just under",
+                spec(Some("b"), Some(15)),
+                s(15) - Duration::from_millis(1),
+                LeaseStep::Wait,
+            ),
+            (
+                "other, silent for the duration",
+                spec(Some("b"), Some(15)),
+                s(15),
+                LeaseStep::Take,
+            ),
+            (
+                "other, its own shorter duration",
+                spec(Some("b"), Some(5)),
+                s(6),
+                LeaseStep::Take,
+            ),
+            (
+                "other, no duration: ours applies",
+                spec(Some("b"), None),
+                s(10),
+                LeaseStep::Wait,
+            ),
+            (
+                "other, no duration, silent",
+                spec(Some("b"), None),
+                s(16),
+                LeaseStep::Take,
+            ),
+            (
+                "other, negative duration: ours applies",
+                spec(Some("b"), Some(-1)),
+                s(10),
+                LeaseStep::Wait,
+            ),
         ] {
-            assert_eq!(lease_step(&lease, "me", unchanged_for, default), want, "{what}");
+            assert_eq!(
+                lease_step(&lease, "me", unchanged_for, default),
+                want,
+                "{what}"
+            );
         }
     }
 
@@ -408,7 +468,10 @@ mod tests {
     #[test]
     fn identities_are_unique_per_process() {
         let a = unique_identity("pod-a");
-        assert!(a.starts_with("pod-a_") && a.len() == "pod-a_".len() + 8, "{a}");
+        assert!(
+            a.starts_with("pod-a_") && a.len() == "pod-a_".len() + 8,
+            "{a}"
+        );
         assert_ne!(unique_identity("pod-a"), unique_identity("pod-a"));
     }
 }

@@ -148,11 +148,14 @@ async fn reconcile_inner(
     let namespace = meta.namespace().unwrap_or_default();
     let name = meta.name_any();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = api.get_opt(&name).await.map_err(|source| Error::ReadSecret {
-        namespace: namespace.clone(),
-        name: name.clone(),
-        source,
-    })?;
+    let secret = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::ReadSecret {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source,
+        })?;
     let Some(secret) = secret else {
         return Ok("gone");
     };

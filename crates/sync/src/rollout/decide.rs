@@ -58,9 +58,7 @@ pub fn needs_patch(
 mod tests {
     use super::*;
     use crate::rollout::ROLLOUT_ANNOTATION;
-    use k8s_openapi::api::core::v1::{
-        Container, EnvVar, EnvVarSource, PodSpec, SecretKeySelector,
-    };
+    use k8s_openapi::api::core::v1::{Container, EnvVar, EnvVarSource, PodSpec, SecretKeySelector};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     #[test]
@@ -124,20 +122,52 @@ mod tests {
     #[test]
     fn patches_only_opted_in_consumers_not_at_the_digest_yet() {
         for (what, w, want) in [
-            ("opted in, reads it, never rolled", workload(Some("true"), "foosecret", None), true),
-            ("opted in, reads it, older digest", workload(Some("true"), "foosecret", Some("d1")), true),
-            ("opted in, reads it, at the digest", workload(Some("true"), "foosecret", Some("d2")), false),
-            ("not opted in", workload(None, "foosecret", Some("d1")), false),
-            ("opted out", workload(Some("false"), "foosecret", Some("d1")), false),
-            ("opted in, reads another Secret", workload(Some("true"), "other", None), false),
+            (
+                "opted in, reads it, never rolled",
+                workload(Some("true"), "foosecret", None),
+                true,
+            ),
+            (
+                "opted in, reads it, older digest",
+                workload(Some("true"), "foosecret", Some("d1")),
+                true,
+            ),
+            (
+                "opted in, reads it, at the digest",
+                workload(Some("true"), "foosecret", Some("d2")),
+                false,
+            ),
+            (
+                "not opted in",
+                workload(None, "foosecret", Some("d1")),
+                false,
+            ),
+            (
+                "opted out",
+                workload(Some("false"), "foosecret", Some("d1")),
+                false,
+            ),
+            (
+                "opted in, reads another Secret",
+                workload(Some("true"), "other", None),
+                false,
+            ),
             (
                 "no pod template",
-                Workload { annotations: workload(Some("true"), "foosecret", None).annotations, template: None },
+                Workload {
+                    annotations: workload(Some("true"), "foosecret", None).annotations,
+                    template: None,
+                },
                 false,
             ),
         ] {
             assert_eq!(
-                needs_patch(w.annotations.as_ref(), w.template.as_ref(), "foosecret", "d2"),
+                needs_patch(
+                    w.annotations.as_ref(),
+                    w.template.as_ref(),
+                    "foosecret",
+                    "d2"
+                ),
                 want,
                 "{what}"
             );

@@ -136,7 +136,6 @@ fn stored_key(secret: &Secret) -> Result<SecretBytes, KeyProblem> {
     Ok(SecretBytes::new(key.0.clone()))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +188,4 @@ mod tests {
             "{error}"
         );
     }
-
 }

@@ -26,7 +26,9 @@ use secrets_store_provider::SecretBytes;
 use sha2::Sha256;
 
 pub use decide::{Step, needs_patch, step};
-pub use key::{DIGEST_KEY_FIELD, DIGEST_KEY_SECRET, DigestKey, KeyError, KeyProblem, MIN_KEY_BYTES};
+pub use key::{
+    DIGEST_KEY_FIELD, DIGEST_KEY_SECRET, DigestKey, KeyError, KeyProblem, MIN_KEY_BYTES,
+};
 pub use metrics::RolloutMetrics;
 pub use workloads::{Rollout, RolloutError};
 

@@ -1,0 +1,172 @@
+//! `secrets-store controller`: the cluster-wide controllers, one leader at a time.
+//!
+//! Every replica serves `/healthz` and `/metrics` and competes for a Lease; only the holder runs
+//! the leader-only controllers ([`leader_only_controllers`]), and it stops them as soon as it can
+//! no longer vouch for the lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::get;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use kube::runtime::events::Reporter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use secrets_store_sync::leader::{LeaseConfig, run_while_leader, unique_identity};
+use secrets_store_sync::rollout::RolloutMetrics;
+use secrets_store_sync::rollout::controller as rollout;
+
+use super::{ListenAddr, parse_addr, parse_seconds};
+
+/// Flags of `secrets-store controller`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// The controller's own namespace: it holds the leader Lease and the rollout digest key (the
+    /// release namespace, shared with the node agents).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
+    pub namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "secrets-store-rs-controller")]
+    pub lease_name: String,
+    /// This replica's name in the Lease (a random suffix is added so that no two processes share
+    /// one). Default: the pod name, else the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub leader_identity: Option<String>,
+    /// Seconds a standby waits, after last seeing the Lease renewed, before taking it over
+    /// (fractions allowed).
+    #[arg(long, default_value = "15", value_parser = parse_seconds)]
+    pub lease_duration_seconds: Duration,
+    /// Seconds the leader keeps acting without a successful renewal; must be shorter than the
+    /// lease duration, so it stops before a standby may take over.
+    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    pub lease_renew_deadline_seconds: Duration,
+    /// Seconds between acquire tries and between renewals.
+    #[arg(long, default_value = "2", value_parser = parse_seconds)]
+    pub lease_retry_period_seconds: Duration,
+    /// `/metrics` listen address; empty disables.
+    #[arg(long, default_value = "0.0.0.0:8095", value_parser = parse_addr)]
+    pub metrics_addr: ListenAddr,
+    /// `/healthz` listen address; empty disables.
+    #[arg(long, default_value = "0.0.0.0:9808", value_parser = parse_addr)]
+    pub healthz_addr: ListenAddr,
+}
+
+/// What the leader-only controllers share: built once per process, used by every leadership.
+struct Shared {
+    rollout: Arc<rollout::Context>,
+}
+
+/// The controllers that run only while this replica holds the Lease; each is dropped (stopped)
+/// when the lease is lost, and built anew on the next leadership.
+fn leader_only_controllers(shared: &Shared) -> Vec<BoxFuture<'static, ()>> {
+    vec![
+        rollout::run(shared.rollout.clone()).boxed(),
+        // podless sync joins here
+    ]
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let client = super::kube_client("controller").await?;
+    let prefix = args.leader_identity.clone().unwrap_or_else(host_name);
+    let lease = LeaseConfig {
+        namespace: args.namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: unique_identity(&prefix),
+        lease_duration: args.lease_duration_seconds,
+        renew_deadline: args.lease_renew_deadline_seconds,
+        retry_period: args.lease_retry_period_seconds,
+    };
+    lease
+        .validate()
+        .map_err(|e| anyhow::anyhow!("leader election flags: {e}"))?;
+
+    let mut registry = Registry::default();
+    let leader = Gauge::<i64>::default();
+    registry.register(
+        "controller_leader",
+        "1 while this replica holds the leader Lease and runs the leader-only controllers",
+        leader.clone(),
+    );
+    let rollout_metrics = RolloutMetrics::register(registry.sub_registry_with_prefix("rollout"));
+    let reporter = Reporter {
+        controller: "secrets-store-rs-controller".into(),
+        instance: Some(lease.identity.clone()),
+    };
+    let shared = Shared {
+        rollout: Arc::new(rollout::Context::new(
+            client.clone(),
+            &args.namespace,
+            reporter,
+            rollout_metrics,
+        )),
+    };
+    let http = serve_http(&args, Arc::new(registry)).await?;
+    tracing::info!(identity = %lease.identity, lease = %format!("{}/{}", lease.namespace, lease.name), "starting controller");
+    let result = run_while_leader(
+        client,
+        lease,
+        || leader_only_controllers(&shared),
+        super::signal::shutdown(),
+        |leading| {
+            leader.set(i64::from(leading));
+        },
+    )
+    .await;
+    http.abort();
+    result.context("leader election")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves `/metrics` and `/healthz` (every replica, leader or not) until aborted.
+async fn serve_http(
+    args: &ControllerArgs,
+    registry: Arc<Registry>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let metrics = Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    let healthz = Router::new().route("/healthz", get(|| async { "ok" }));
+    let mut servers = tokio::task::JoinSet::new();
+    for (addr, router) in [(args.metrics_addr, metrics), (args.healthz_addr, healthz)] {
+        let Some(addr) = addr.0 else { continue };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind {addr}"))?;
+        servers.spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(%addr, error = %e, "HTTP server failed");
+            }
+        });
+    }
+    Ok(tokio::spawn(async move {
+        while servers.join_next().await.is_some() {}
+    }))
+}
+
+/// The host name (a pod's name when `POD_NAME` is not set), for the leader identity.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "secrets-store-controller".into())
+}
