@@ -157,6 +157,29 @@ fn admission_policies_render_as_configured() {
         ])
         .is_empty()
     );
+    // With the controller it rolls (the node agents get no workload write), confined by the same
+    // policy, and its Secret patches by its own; without secret sync too (managed Secrets may come
+    // from elsewhere). nodeRollout=false leaves nobody to confine.
+    let controller = "secrets-store-rs-controller-secrets";
+    assert_eq!(
+        policies(&["syncSecret.enabled=true", "controller.enabled=true"]),
+        [statuses, rollout, controller]
+    );
+    assert_eq!(
+        policies(&["controller.enabled=true"]),
+        [statuses, rollout, controller]
+    );
+    assert_eq!(
+        policies(&["syncSecret.enabled=true", "nodeRollout=false"]),
+        [statuses]
+    );
+    assert_eq!(
+        policies(&[
+            "controller.enabled=true",
+            "admissionPolicies.workloads=false"
+        ]),
+        [statuses]
+    );
     // Each names the release's ServiceAccount as the agent.
     let out = render(&["syncSecret.enabled=true"]);
     assert_eq!(
@@ -164,6 +187,66 @@ fn admission_policies_render_as_configured() {
             .count(),
         2,
         "{out}"
+    );
+}
+
+/// With the controller: its Deployment, ServiceAccount, RBAC and policies; the node agents do not
+/// roll (`--rollout=off`) and their ClusterRoles name no workload.
+#[test]
+fn template_controller_matches_golden() {
+    let out = render(&["syncSecret.enabled=true", "controller.enabled=true"]);
+    assert!(out.contains("- --rollout=off"));
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .collect();
+    let named = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| {
+                d.get("kind").and_then(|k| k.as_str()) == Some(kind)
+                    && d.get("metadata")
+                        .and_then(|m| m.get("name"))
+                        .and_then(|n| n.as_str())
+                        == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+            .clone()
+    };
+    for role in ["secrets-store-rs", "secrets-store-rs-sync"] {
+        let rules = serde_yaml::to_string(&named("ClusterRole", role)).unwrap();
+        for workload in ["deployments", "statefulsets", "daemonsets"] {
+            assert!(
+                !rules.contains(workload),
+                "{role} names {workload}:\n{rules}"
+            );
+        }
+    }
+    let deployment = named("Deployment", "secrets-store-rs-controller");
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_yaml::from_value(deployment).unwrap();
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let args = spec
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .remove(0)
+        .args
+        .unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_secrets-store"))
+        .args(&args)
+        .arg("--help")
+        .env("POD_NAMESPACE", "ns")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "secrets-store rejected the controller args {args:?}:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_current(
+        &chart_dir().join("tests/golden/controller.yaml"),
+        &format!("{HEADER}{out}"),
     );
 }
 
