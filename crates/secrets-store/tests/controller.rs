@@ -7,6 +7,7 @@
 //! so the ReplicaSets of a Deployment count its rollouts exactly.
 
 mod common;
+mod e2e;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +25,8 @@ use secrets_store_sync::rollout::{
     digest_annotation,
 };
 use secrets_store_testenv::{Cluster, eventually};
+
+use e2e::World;
 
 const WAIT: Duration = Duration::from_secs(90);
 /// The controllers' own namespace (Lease, digest key): one per cluster, as in a real install.
@@ -380,4 +383,56 @@ async fn a_killed_leader_is_replaced_and_no_change_rolls_twice() {
     }
     let log = second.log_text();
     assert!(log.contains("taking the leader Lease"), "{log}");
+}
+
+/// The whole path with the controller: the node agent (`--rollout=off`) mounts the seed and
+/// writes `foosecret`, a rotation in AWS reaches the Secret through the agent, and the controller
+/// (not the agent) rolls the opted-in seed Deployment once; its new pods see the new value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_node_agent_syncs_and_the_controller_rolls_a_rotation_once() {
+    let _turn = ONE_CONTROLLER.lock().await;
+    let world = World::start_with_args(
+        "ctl-seed",
+        "1s",
+        Duration::from_millis(500),
+        &["--rollout=off"],
+    )
+    .await;
+    let _logs = world.cluster.dump_logs_on_panic();
+    let client = world.cluster.client();
+    controller_namespace(&client).await;
+    let controller = ControllerProc::start(world.cluster, CONTROLLER_NS, "ctl-seed");
+    wait_until_leading(&client, &controller).await;
+    let role = world.seed_aws("secretkey").await;
+    world.apply_seed(&role).await;
+    let first = world.running_pods(3).await;
+    world.opt_in_rollout().await;
+    let w = Workloads {
+        client: client.clone(),
+        ns: world.namespace.clone(),
+    };
+    w.first_sight("secretkey").await;
+
+    world.rotate("rotated").await;
+    let fresh = world.rolled_pods(&first, 3).await;
+    for pod in &fresh {
+        let env = world.env(pod).await;
+        assert_eq!(
+            env.get("SECRET_API_KEY").map(String::as_str),
+            Some("rotated")
+        );
+    }
+    w.rolled_to(e2e::SEED_DEPLOYMENT, "rotated").await;
+    let sets = Api::<ReplicaSet>::namespaced(client.clone(), &world.namespace)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(sets.len(), 2, "exactly one rollout");
+    let rolled = "rolling workloads after Secret change";
+    assert!(controller.log_text().contains(rolled));
+    assert!(
+        !world.agent.log_text().contains(rolled),
+        "the node agent rolled with --rollout=off"
+    );
 }
