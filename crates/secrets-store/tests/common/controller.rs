@@ -1,6 +1,8 @@
 //! A running `secrets-store controller`, spawned through the test cluster (so it dies with the
 //! test binary) and stopped when dropped.
 
+#![allow(dead_code)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -29,6 +31,16 @@ impl ControllerProc {
     /// Starts a replica named `name` whose Lease and digest key live in `namespace`, and waits
     /// until it serves `/healthz`.
     pub fn start(cluster: &Cluster, namespace: &str, name: &str) -> Self {
+        Self::start_as(cluster, cluster.kubeconfig_path(), namespace, name)
+    }
+
+    /// [`ControllerProc::start`] with another identity's kubeconfig.
+    pub fn start_as(
+        cluster: &Cluster,
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        name: &str,
+    ) -> Self {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
             .parse()
             .unwrap();
@@ -44,7 +56,7 @@ impl ControllerProc {
             .args(["--lease-retry-period-seconds", RETRY_PERIOD])
             .arg(format!("--metrics-addr={metrics}"))
             .arg(format!("--healthz-addr={healthz}"))
-            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,secrets_store_sync=debug")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE");

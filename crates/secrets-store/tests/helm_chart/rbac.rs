@@ -418,6 +418,12 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
     }
     limits::can_only_roll_workloads(&controller, &admin, &controller_ns).await;
     limits::controller_can_only_record_digests(&controller, &admin, &controller_ns).await;
+    crate::controller::controller_leads_and_rolls_as_its_chart_identity(
+        cluster,
+        &ns,
+        &controller_ns,
+    )
+    .await;
 
     helm_uninstall(cluster, &ns);
     assert!(
