@@ -220,6 +220,34 @@ fn template_controller_matches_golden() {
             );
         }
     }
+    let daemon_set: DaemonSet =
+        serde_yaml::from_value(named("DaemonSet", "secrets-store-rs")).unwrap();
+    let agent_args = daemon_set
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .remove(0)
+        .args
+        .unwrap();
+    assert!(
+        agent_args.iter().any(|a| a == "--rollout=off"),
+        "{agent_args:?}"
+    );
+    let run_agent = Command::new(env!("CARGO_BIN_EXE_secrets-store"))
+        .args(&agent_args)
+        .arg("--help")
+        .env("KUBE_NODE_NAME", "n")
+        .env("POD_NAMESPACE", "ns")
+        .output()
+        .unwrap();
+    assert!(
+        run_agent.status.success(),
+        "secrets-store rejected the agent args {agent_args:?}:\n{}",
+        String::from_utf8_lossy(&run_agent.stderr)
+    );
     let deployment = named("Deployment", "secrets-store-rs-controller");
     let deployment: k8s_openapi::api::apps::v1::Deployment =
         serde_yaml::from_value(deployment).unwrap();
