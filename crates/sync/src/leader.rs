@@ -153,7 +153,8 @@ impl LeaderElector {
     pub async fn acquire(&mut self) {
         loop {
             let started = Instant::now();
-            match tokio::time::timeout(self.config.retry_period, self.try_once()).await {
+            // Bounded, but not by the retry period: a slow API server must not starve acquisition.
+            match tokio::time::timeout(self.config.renew_deadline, self.try_once()).await {
                 Ok(Ok(Attempt::Held)) => {
                     self.renewed_at = Some(started);
                     return;
