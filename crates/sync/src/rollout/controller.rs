@@ -11,7 +11,8 @@
 //!
 //! Workloads are listed fresh in the Secret's namespace when its data changed (rare) instead of
 //! cached: the decision must not miss a workload a stale cache lacks, and the controller's memory
-//! stays the metadata of managed Secrets. A Secret's data is read only in its reconcile, to digest.
+//! stays the identity and version of managed Secrets. A Secret's data is read only in its
+//! reconcile, to digest.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,8 +24,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use secrets_store_api::labels;
 use secrets_store_provider::SecretBytes;
@@ -32,6 +33,7 @@ use secrets_store_provider::SecretBytes;
 use super::key::KeyError;
 use super::metrics::RolloutMetrics;
 use super::{ROLLED_OUT_ANNOTATION, Rollout, Step, data_digest, step};
+use crate::syncer::keep_version_only;
 
 /// The field manager of the controller's writes (the Secret's annotation, the workloads' patches).
 pub const FIELD_MANAGER: &str = "secrets-store-rs-controller";
@@ -244,8 +246,18 @@ pub async fn run(ctx: Arc<Context>) {
         labels::MANAGED,
         labels::MANAGED_VALUE
     ));
-    let secrets: Api<PartialObjectMeta<Secret>> = Api::all(ctx.client.clone());
-    Controller::new(secrets, managed)
+    // Metadata only, cut to identity and version on arrival: anyone may put the label on any
+    // number of Secrets with annotations as large as they like, and the reconcile reads what it
+    // needs itself. (`Controller::for_stream` is what allows the cut: kube's
+    // `unstable-runtime` feature.)
+    let (reader, writer) = reflector::store();
+    let api: Api<PartialObjectMeta<Secret>> = Api::all(ctx.client.clone());
+    let secrets = watcher(api, managed)
+        .modify(keep_version_only)
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(secrets, reader)
         .with_config(
             Config::default()
                 .concurrency(4)

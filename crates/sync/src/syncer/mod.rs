@@ -23,7 +23,8 @@ use crate::files::VolumeFiles;
 use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_references};
 use crate::rollout::Rollout;
 use crate::target::{NodeVolumes, UntrustedTarget, VerifiedTarget};
-use write::{SecretVersions, SecretWrite, VerifiedVersions, keep_version_only};
+pub(crate) use write::keep_version_only;
+use write::{SecretVersions, SecretWrite, VerifiedVersions};
 
 mod reconcile;
 mod write;
