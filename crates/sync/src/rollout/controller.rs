@@ -158,19 +158,21 @@ async fn reconcile_inner(
             name: name.clone(),
             source,
         })?;
-    let Some(secret) = secret else {
+    let Some(mut secret) = secret else {
         return Ok("gone");
     };
     if secret.labels().get(labels::MANAGED).map(String::as_str) != Some(labels::MANAGED_VALUE) {
         return Ok("gone");
     }
-    let key = ctx.rollout.key().get().await?;
+    // The values move into redacting, zeroizing bytes and are gone once digested.
     let data: BTreeMap<String, SecretBytes> = secret
         .data
-        .iter()
+        .take()
+        .into_iter()
         .flatten()
-        .map(|(k, v)| (k.clone(), SecretBytes::new(v.0.clone())))
+        .map(|(k, v)| (k, SecretBytes::new(v.0)))
         .collect();
+    let key = ctx.rollout.key().get().await?;
     let digest = data_digest(key.expose(), &name, &data);
     drop(data);
     let recorded = secret.annotations().get(ROLLED_OUT_ANNOTATION);
