@@ -18,6 +18,7 @@
 //!   at its next try instead of waiting out the lease.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, join_all};
@@ -117,6 +118,33 @@ pub fn lease_step(
     }
 }
 
+/// Whether this process may act as leader right now, by its own clock: until the renew deadline
+/// after the start of its last successful renewal. Leader-only work checks it before each write,
+/// so a process that was paused (or cut off) past its deadline does not act on resuming, even
+/// before its elector has noticed.
+#[derive(Clone, Debug, Default)]
+pub struct Leadership {
+    valid_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Leadership {
+    /// Whether the lease is held and its renew deadline has not passed.
+    pub fn is_valid(&self) -> bool {
+        self.valid_until
+            .lock()
+            .expect("leadership lock poisoned")
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn extend_to(&self, until: Instant) {
+        *self.valid_until.lock().expect("leadership lock poisoned") = Some(until);
+    }
+
+    fn revoke(&self) {
+        *self.valid_until.lock().expect("leadership lock poisoned") = None;
+    }
+}
+
 /// The result of one try.
 #[derive(Debug, PartialEq, Eq)]
 enum Attempt {
@@ -136,17 +164,27 @@ pub struct LeaderElector {
     observed: Option<(LeaseSpec, Instant)>,
     /// Start of the last successful acquire or renew.
     renewed_at: Option<Instant>,
+    leadership: Leadership,
 }
 
 impl LeaderElector {
-    /// An elector for `config` (call [`LeaseConfig::validate`] first).
-    pub fn new(client: Client, config: LeaseConfig) -> Self {
+    /// An elector for `config` (call [`LeaseConfig::validate`] first) that keeps `leadership`
+    /// up to date.
+    pub fn new(client: Client, config: LeaseConfig, leadership: Leadership) -> Self {
         Self {
             api: Api::namespaced(client, &config.namespace),
             config,
             observed: None,
             renewed_at: None,
+            leadership,
         }
+    }
+
+    /// Records a successful acquire or renew that started at `started`.
+    fn renewed(&mut self, started: Instant) {
+        self.renewed_at = Some(started);
+        self.leadership
+            .extend_to(started + self.config.renew_deadline);
     }
 
     /// Returns once this process holds the lease.
@@ -156,7 +194,7 @@ impl LeaderElector {
             // Bounded, but not by the retry period: a slow API server must not starve acquisition.
             match tokio::time::timeout(self.config.renew_deadline, self.try_once()).await {
                 Ok(Ok(Attempt::Held)) => {
-                    self.renewed_at = Some(started);
+                    self.renewed(started);
                     return;
                 }
                 Ok(Ok(_)) => {}
@@ -187,7 +225,7 @@ impl LeaderElector {
             let started = Instant::now();
             match tokio::time::timeout_at(deadline, self.try_once()).await {
                 Ok(Ok(Attempt::Held)) => {
-                    self.renewed_at = Some(started);
+                    self.renewed(started);
                     deadline = started + self.config.renew_deadline;
                 }
                 Ok(Ok(Attempt::Other)) => {
@@ -210,6 +248,7 @@ impl LeaderElector {
     /// Gives the lease up (best effort, bounded by the renew deadline) so a standby need not wait
     /// for it to expire.
     pub async fn release(&mut self) {
+        self.leadership.revoke();
         let release = async {
             let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
                 return Ok(());
@@ -321,10 +360,12 @@ pub enum LeaderError {
 ///
 /// On losing the lease (or failing to renew it within the renew deadline) the futures are dropped
 /// at once (every controller stops at its next await point) and the process becomes a candidate
-/// again; a new leadership builds fresh futures. `on_change` is told each change (for a metric).
+/// again; a new leadership builds fresh futures. `leadership` tells the futures, at each write,
+/// whether they may still act. `on_change` is told each change (for a metric).
 pub async fn run_while_leader<F>(
     client: Client,
     config: LeaseConfig,
+    leadership: Leadership,
     mut leading: F,
     shutdown: impl Future<Output = ()>,
     on_change: impl Fn(bool),
@@ -338,7 +379,7 @@ where
         Work,
     }
     let identity = config.identity.clone();
-    let mut elector = LeaderElector::new(client, config);
+    let mut elector = LeaderElector::new(client, config, leadership.clone());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -349,11 +390,15 @@ where
         on_change(true);
         let work = join_all(leading());
         let ended = tokio::select! {
+            // Losing the lease wins over anything the controllers would do in the same wakeup.
+            biased;
             () = &mut shutdown => Ended::Shutdown,
             () = elector.hold() => Ended::Lost,
             _ = work => Ended::Work,
         };
-        // The leader-only futures were dropped with the select above.
+        // The leader-only futures were dropped with the select above (their spawned reconciles
+        // are aborted, and check `leadership` before each write until they are).
+        leadership.revoke();
         on_change(false);
         match ended {
             Ended::Shutdown => {
@@ -464,6 +509,22 @@ mod tests {
         assert!(config(15.0, 2.0, 2.0).validate().is_err());
         assert!(config(15.0, 10.0, 0.0).validate().is_err());
         assert!(config(0.9, 0.5, 0.1).validate().is_err());
+    }
+
+    #[test]
+    fn leadership_expires_at_its_deadline_and_on_revoke() {
+        let leadership = Leadership::default();
+        assert!(
+            !leadership.is_valid(),
+            "nobody leads before the first acquire"
+        );
+        leadership.extend_to(Instant::now() + Duration::from_secs(60));
+        assert!(leadership.is_valid());
+        leadership.extend_to(Instant::now() - Duration::from_millis(1));
+        assert!(!leadership.is_valid(), "past the renew deadline");
+        leadership.extend_to(Instant::now() + Duration::from_secs(60));
+        leadership.revoke();
+        assert!(!leadership.is_valid());
     }
 
     #[test]

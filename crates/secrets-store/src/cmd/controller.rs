@@ -15,7 +15,7 @@ use futures::future::BoxFuture;
 use kube::runtime::events::Reporter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use secrets_store_sync::leader::{LeaseConfig, run_while_leader, unique_identity};
+use secrets_store_sync::leader::{Leadership, LeaseConfig, run_while_leader, unique_identity};
 use secrets_store_sync::rollout::RolloutMetrics;
 use secrets_store_sync::rollout::controller as rollout;
 
@@ -55,6 +55,7 @@ pub struct ControllerArgs {
 }
 
 /// What the leader-only controllers share: built once per process, used by every leadership.
+/// Each holds the process's `Leadership` and checks it before every write.
 struct Shared {
     rollout: Arc<rollout::Context>,
 }
@@ -96,12 +97,14 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         controller: "secrets-store-rs-controller".into(),
         instance: Some(lease.identity.clone()),
     };
+    let leadership = Leadership::default();
     let shared = Shared {
         rollout: Arc::new(rollout::Context::new(
             client.clone(),
             &args.namespace,
             reporter,
             rollout_metrics,
+            leadership.clone(),
         )),
     };
     let http = serve_http(&args, Arc::new(registry)).await?;
@@ -109,6 +112,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let result = run_while_leader(
         client,
         lease,
+        leadership,
         || leader_only_controllers(&shared),
         super::signal::shutdown(),
         |leading| {

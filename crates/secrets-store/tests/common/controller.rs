@@ -111,6 +111,17 @@ impl ControllerProc {
         self.proc.as_ref().map(Proc::pid)
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a leader frozen by a long pause or cut off, then back.
+    pub fn pause(&self, stopped: bool) {
+        let pid = self.pid().expect("running");
+        let signal = if stopped {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(Pid::from_raw(pid as i32), signal).expect("signalling the controller");
+    }
+
     /// Its log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -174,3 +174,43 @@ async fn a_leader_that_loses_its_lease_stops_its_controllers() {
     .await;
     assert_eq!(leader.metric("controller_leader"), Some(1.0));
 }
+
+/// A leader frozen past its lease (SIGSTOP: a long pause, or cut off from the API server) is
+/// replaced; when it resumes it finds its renew deadline passed and stops leading instead of
+/// acting, and the changes made meanwhile and after are rolled once each by the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_leader_that_resumes_does_not_act() {
+    let _turn = ONE_CONTROLLER.lock().await;
+    let cluster = Cluster::shared();
+    let _logs = cluster.dump_logs_on_panic();
+    let client = cluster.client();
+    controller_namespace(&client).await;
+    let w = Workloads::new(cluster, "ctl-frozen").await;
+    let (frozen, standby) = one_leader_of_two(cluster, "ctl-f1", "ctl-f2").await;
+    w.create_deployment("app", true).await;
+    w.secrets()
+        .create(&PostParams::default(), &managed_secret("v1"))
+        .await
+        .unwrap();
+    w.first_sight("v1").await;
+
+    frozen.pause(true);
+    w.set_value("v2").await;
+    wait_until_leading(&client, &standby).await;
+    w.rolled_to("app", "v2").await;
+    frozen.pause(false);
+    eventually(WAIT, "the resumed replica stepping down", || async {
+        (frozen.metric("controller_leader") == Some(0.0)).then_some(())
+    })
+    .await;
+    assert!(frozen.log_text().contains("no longer leading"));
+    assert_eq!(standby.metric("controller_leader"), Some(1.0));
+    assert!(standby.is(&holder(&client).await.unwrap()));
+
+    w.set_value("v3").await;
+    w.rolled_to("app", "v3").await;
+    eventually(WAIT, "one ReplicaSet per change", || async {
+        (w.replica_sets("app").await == 3).then_some(())
+    })
+    .await;
+}

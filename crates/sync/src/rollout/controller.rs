@@ -33,6 +33,7 @@ use secrets_store_provider::SecretBytes;
 use super::key::KeyError;
 use super::metrics::RolloutMetrics;
 use super::{ROLLED_OUT_ANNOTATION, Rollout, Step, data_digest, step};
+use crate::leader::Leadership;
 use crate::syncer::keep_version_only;
 
 /// The field manager of the controller's writes (the Secret's annotation, the workloads' patches).
@@ -47,23 +48,27 @@ pub struct Context {
     client: Client,
     rollout: Rollout,
     metrics: RolloutMetrics,
+    /// Checked before every write: a replica past its renew deadline writes nothing.
+    leadership: Leadership,
     /// Consecutive failures per Secret, for the exponential backoff of [`error_policy`].
     failures: Mutex<HashMap<ObjectRef<PartialObjectMeta<Secret>>, u32>>,
 }
 
 impl Context {
-    /// A context whose digest key lives in `key_namespace` (the release namespace) and whose
-    /// Events name `reporter`.
+    /// A context whose digest key lives in `key_namespace` (the release namespace), whose
+    /// Events name `reporter`, and which writes only while `leadership` is valid.
     pub fn new(
         client: Client,
         key_namespace: &str,
         reporter: Reporter,
         metrics: RolloutMetrics,
+        leadership: Leadership,
     ) -> Self {
         Self {
             rollout: Rollout::new(client.clone(), key_namespace, reporter),
             client,
             metrics,
+            leadership,
             failures: Mutex::default(),
         }
     }
@@ -96,6 +101,15 @@ pub enum Error {
         /// The client error.
         source: kube::Error,
     },
+    /// This replica's leadership lapsed during the reconcile: it stopped writing (the next
+    /// leader redoes the reconcile from the state in the API server).
+    #[error("stopped reconciling Secret {namespace}/{name}: no longer the leader")]
+    NotLeading {
+        /// Namespace of the Secret.
+        namespace: String,
+        /// Name of the Secret.
+        name: String,
+    },
     /// The rolled-out digest could not be recorded on the Secret.
     #[error("recording the rolled-out digest on Secret {namespace}/{name}: {source}")]
     Record {
@@ -115,6 +129,7 @@ impl Error {
             Self::Key(_) => "digest_key",
             Self::ReadSecret { .. } => "read_secret",
             Self::Workloads { .. } => "workloads",
+            Self::NotLeading { .. } => "not_leading",
             Self::Record { .. } => "record",
         }
     }
@@ -180,9 +195,10 @@ async fn reconcile_inner(
         Step::UpToDate => return Ok("up_to_date"),
         Step::Record => "recorded",
         Step::Roll => {
+            let leadership = ctx.leadership.clone();
             let patched = ctx
                 .rollout
-                .roll_to(&namespace, &name, &digest)
+                .roll_to(&namespace, &name, &digest, &move || leadership.is_valid())
                 .await
                 .map_err(|source| Error::Workloads {
                     namespace: namespace.clone(),
@@ -196,8 +212,12 @@ async fn reconcile_inner(
             "rolled"
         }
     };
-    // Only after every consumer carries the digest: a crash before this line means the next
-    // leader rolls again, to the same value, which changes nothing that was already patched.
+    // Only after every consumer carries the digest (and only while still leading): a crash before
+    // this line means the next leader rolls again, to the same value, which changes nothing that
+    // was already patched.
+    if !ctx.leadership.is_valid() {
+        return Err(Error::NotLeading { namespace, name });
+    }
     let record = serde_json::json!({"metadata": {"annotations": {ROLLED_OUT_ANNOTATION: digest}}});
     api.patch(
         &name,

@@ -81,7 +81,7 @@ impl Rollout {
             source,
         })?;
         let digest = data_digest(key.expose(), secret, data);
-        self.roll_to(namespace, secret, &digest)
+        self.roll_to(namespace, secret, &digest, &|| true)
             .await
             .map_err(|source| RolloutError::Workloads {
                 namespace: namespace.into(),
@@ -92,28 +92,30 @@ impl Rollout {
 
     /// Patches every opted-in workload in `namespace` that consumes `secret` and whose template
     /// does not carry `digest` yet (the workloads are listed fresh: a decision on a stale cache
-    /// could miss one). Returns what it patched as `Kind/name`.
+    /// could miss one). `may_write` is asked before each patch (the controller's leadership);
+    /// once it says no, nothing more is patched. Returns what it patched as `Kind/name`.
     pub async fn roll_to(
         &self,
         namespace: &str,
         secret: &str,
         digest: &str,
+        may_write: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Vec<String>, kube::Error> {
         let mut patched = Vec::new();
         patched.extend(
-            self.roll::<Deployment>(namespace, secret, digest, |d| {
+            self.roll::<Deployment>(namespace, secret, digest, may_write, |d| {
                 d.spec.as_ref().map(|s| &s.template)
             })
             .await?,
         );
         patched.extend(
-            self.roll::<StatefulSet>(namespace, secret, digest, |d| {
+            self.roll::<StatefulSet>(namespace, secret, digest, may_write, |d| {
                 d.spec.as_ref().map(|s| &s.template)
             })
             .await?,
         );
         patched.extend(
-            self.roll::<DaemonSet>(namespace, secret, digest, |d| {
+            self.roll::<DaemonSet>(namespace, secret, digest, may_write, |d| {
                 d.spec.as_ref().map(|s| &s.template)
             })
             .await?,
@@ -126,6 +128,7 @@ impl Rollout {
         namespace: &str,
         secret: &str,
         digest: &str,
+        may_write: &(dyn Fn() -> bool + Send + Sync),
         template: impl Fn(&K) -> Option<&PodTemplateSpec>,
     ) -> Result<Vec<String>, kube::Error>
     where
@@ -145,6 +148,9 @@ impl Rollout {
                 digest,
             ) {
                 continue;
+            }
+            if !may_write() {
+                break;
             }
             let name = workload.meta().name.clone().unwrap_or_default();
             // A merge patch of the one annotation: the same value from anyone is no change at
