@@ -355,3 +355,39 @@ where
         .await
         .unwrap_or_else(|e| panic!("the admin changing a {kind}'s image: {e}"));
 }
+
+/// The controller's `create` on Secrets in the release namespace (for the rollout key; RBAC
+/// cannot limit create by name) creates nothing else: not another Secret, and never a
+/// service-account-token Secret that the token controller would fill with a token.
+pub async fn controller_creates_only_the_rollout_key(controller: &Client, release_ns: &str) {
+    const POLICY: &str = "secrets-store-rs-controller-secrets";
+    let api: Api<Secret> = Api::namespaced(controller.clone(), release_ns);
+    let secret = |name: &str, type_: &str| -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name,
+                "annotations": {"kubernetes.io/service-account.name": "default"}},
+            "type": type_,
+        }))
+        .unwrap()
+    };
+    for (what, name, type_) in [
+        (
+            "a token Secret",
+            "token",
+            "kubernetes.io/service-account-token",
+        ),
+        ("another Secret", "other", "Opaque"),
+        (
+            "a token Secret under the key's name",
+            "secrets-store-rs-rollout-key",
+            "kubernetes.io/service-account-token",
+        ),
+    ] {
+        assert_refused(
+            api.create(&PostParams::default(), &secret(name, type_))
+                .await,
+            POLICY,
+            &format!("the controller creating {what}"),
+        );
+    }
+}

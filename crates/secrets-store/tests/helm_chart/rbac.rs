@@ -418,6 +418,7 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
     }
     limits::can_only_roll_workloads(&controller, &admin, &controller_ns).await;
     limits::controller_can_only_record_digests(&controller, &admin, &controller_ns).await;
+    limits::controller_creates_only_the_rollout_key(&controller, &ns).await;
     crate::controller::controller_leads_and_rolls_as_its_chart_identity(
         cluster,
         &ns,
