@@ -29,3 +29,30 @@ the agent registers it with kubelet itself and kubelet dials the path it is give
 {{- $v := int .Values.logVerbosity -}}
 {{- if ge $v 5 -}}trace{{- else if ge $v 1 -}}debug{{- else -}}info{{- end -}}
 {{- end -}}
+
+{{/* Name of the controller's Deployment, ServiceAccount and RBAC objects. */}}
+{{- define "ssrs.controllerName" -}}
+{{- printf "%s-controller" (include "ssrs.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels the controller's Deployment selects its pods by: never the node agents'. */}}
+{{- define "ssrs.controllerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "ssrs.controllerName" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of the controller's objects. */}}
+{{- define "ssrs.controllerLabels" -}}
+{{ include "ssrs.controllerSelectorLabels" . }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/part-of: {{ include "ssrs.name" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* "true" when the node agents roll workloads themselves (secret sync on, nodeRollout on, no
+controller): only then do they get workload write access. */}}
+{{- define "ssrs.nodeRolls" -}}
+{{- if and .Values.syncSecret.enabled .Values.nodeRollout (not .Values.controller.enabled) -}}true{{- end -}}
+{{- end -}}

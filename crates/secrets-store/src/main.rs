@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the CSI node agent (CSI Identity + Node, kubelet registration, health, metrics).
     Node(cmd::node::NodeArgs),
+    /// Run the cluster controller (leader-elected): rollout of opted-in workloads on Secret change.
+    Controller(cmd::controller::ControllerArgs),
     /// Serve only the AWS provider over upstream's v1alpha1 API (for the upstream Go driver).
     ProviderAws(cmd::provider_aws::ProviderAwsArgs),
     /// Validate a SecretProviderClass offline (and with --dry-run, fetch without writing).
@@ -77,6 +79,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
     let ok = std::process::ExitCode::SUCCESS;
     match cli.command {
         Command::Node(args) => cmd::node::run(args).await.map(|()| ok),
+        Command::Controller(args) => cmd::controller::run(args).await.map(|()| ok),
         Command::ProviderAws(args) => cmd::provider_aws::run(args).await.map(|()| ok),
         Command::Check(args) => cmd::check::run(args).await,
         Command::Crds(args) => cmd::crds::run(args).map(|()| ok),

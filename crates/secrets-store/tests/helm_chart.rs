@@ -8,6 +8,10 @@
 
 #[path = "helm_chart/chart.rs"]
 mod chart;
+#[path = "helm_chart/controller.rs"]
+mod controller;
+#[path = "common/controller.rs"]
+mod controller_proc;
 #[path = "helm_chart/limits.rs"]
 mod limits;
 #[path = "helm_chart/rbac.rs"]

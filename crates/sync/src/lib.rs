@@ -6,6 +6,7 @@ pub mod consumers;
 pub mod desired;
 mod files;
 mod hook;
+pub mod leader;
 pub mod lifetime;
 pub mod podless;
 pub mod rollout;

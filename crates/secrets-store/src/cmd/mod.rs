@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod check;
+pub mod controller;
 pub mod crds;
 pub mod node;
 pub mod provider_aws;
@@ -23,6 +24,20 @@ pub async fn kube_client(component: &str) -> anyhow::Result<kube::Client> {
         http::HeaderValue::from_str(&agent).context("user agent")?,
     ));
     kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// A listen address, or none (the flag set to the empty string).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddr(pub Option<std::net::SocketAddr>);
+
+/// A listen address flag as a clap value parser: `host:port`, or empty for none.
+pub fn parse_addr(s: &str) -> Result<ListenAddr, String> {
+    if s.is_empty() {
+        return Ok(ListenAddr(None));
+    }
+    s.parse()
+        .map(|a| ListenAddr(Some(a)))
+        .map_err(|e| format!("invalid address {s:?}: {e}"))
 }
 
 /// A number of seconds, fractions allowed (`5`, `0.25`), as a clap value parser: the AWS cache
@@ -53,6 +68,13 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn empty_address_disables() {
+        assert_eq!(super::parse_addr(""), Ok(super::ListenAddr(None)));
+        assert!(super::parse_addr("127.0.0.1:9808").unwrap().0.is_some());
+        assert!(super::parse_addr("nope").is_err());
+    }
 
     #[test]
     fn bytes_take_binary_quantities() {

@@ -1,6 +1,5 @@
 //! `secrets-store node`: the CSI node agent.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,11 +42,11 @@ pub struct NodeArgs {
     #[arg(long, value_delimiter = ',')]
     pub additional_provider_volume_paths: Vec<PathBuf>,
     /// `/metrics` listen address; empty disables.
-    #[arg(long, default_value = "0.0.0.0:8095", value_parser = parse_addr)]
-    pub metrics_addr: ListenAddr,
+    #[arg(long, default_value = "0.0.0.0:8095", value_parser = super::parse_addr)]
+    pub metrics_addr: super::ListenAddr,
     /// `/healthz` listen address; empty disables.
-    #[arg(long, default_value = "0.0.0.0:9808", value_parser = parse_addr)]
-    pub healthz_addr: ListenAddr,
+    #[arg(long, default_value = "0.0.0.0:9808", value_parser = super::parse_addr)]
+    pub healthz_addr: super::ListenAddr,
     /// tmpfs size limit of each volume (Kubernetes quantity such as `16Mi`).
     #[arg(long, default_value = DEFAULT_TMPFS_SIZE)]
     pub tmpfs_size: String,
@@ -81,6 +80,11 @@ pub struct NodeArgs {
     /// How often synced Secrets are checked for drift besides on every change, e.g. `5m`.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub secret_reconcile_interval: Duration,
+    /// Who rolls opted-in workloads when a synced Secret's data changes: `node`, this agent right
+    /// after it writes the Secret (needs `patch` on Deployments, StatefulSets and DaemonSets), or
+    /// `off` (the cluster's `secrets-store controller` does it, or nobody).
+    #[arg(long, value_enum, default_value_t = NodeRollout::Node)]
+    pub rollout: NodeRollout,
     /// The agent's own namespace (holds the rollout digest key).
     #[arg(long, env = "POD_NAMESPACE", default_value = "kube-system")]
     pub namespace: String,
@@ -99,17 +103,13 @@ pub struct NodeArgs {
     pub provider_health_check_interval: Duration,
 }
 
-/// A listen address, or none (the flag set to the empty string).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ListenAddr(pub Option<SocketAddr>);
-
-fn parse_addr(s: &str) -> Result<ListenAddr, String> {
-    if s.is_empty() {
-        return Ok(ListenAddr(None));
-    }
-    s.parse()
-        .map(|a| ListenAddr(Some(a)))
-        .map_err(|e| format!("invalid address {s:?}: {e}"))
+/// Who rolls workloads after a synced Secret changes (`--rollout`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeRollout {
+    /// The node agent that wrote the Secret (the behaviour without the controller).
+    Node,
+    /// Not the node agent (with `secrets-store controller`, which rolls from the cluster).
+    Off,
 }
 
 /// Runs the node agent until SIGTERM/SIGINT.
@@ -138,6 +138,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         rotation = args.enable_secret_rotation,
         rotation_poll_interval = ?args.rotation_poll_interval,
         secret_sync = args.enable_secret_sync,
+        rollout = ?args.rollout,
         "starting node agent"
     );
     let mut service = NodeService::new(
@@ -162,18 +163,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         let node = NodeVolumes::new(&args.node_id, &args.kubelet_dir);
         let (sync, watches) = SecretSync::new(client.clone(), node, Arc::new(service.classes()));
         tokio::spawn(watches);
-        // Rollout is opt-in per workload; its key is loaded on first use (and retried), so an
-        // unreachable API server or a malformed key Secret never stops the agent or the sync.
-        let rollout = Rollout::new(client.clone(), &args.namespace, reporter(&args.node_id));
-        tokio::spawn({
-            let rollout = rollout.clone();
-            async move {
-                if let Err(e) = rollout.load_key().await {
-                    tracing::warn!(error = %e, "rollout on Secret change unavailable for now");
-                }
-            }
-        });
-        let sync = sync.with_rollout(rollout);
+        let sync = match args.rollout {
+            NodeRollout::Node => sync.with_rollout(node_rollout(&client, &args)),
+            NodeRollout::Off => sync,
+        };
         tokio::spawn(
             sync.clone()
                 .run_reconciler(args.secret_reconcile_interval, reporter(&args.node_id)),
@@ -275,6 +268,21 @@ fn external_connector(
     }
 }
 
+/// The node agent's rollout. Opt-in per workload; its key is loaded on first use (and retried), so
+/// an unreachable API server or a malformed key Secret never stops the agent or the sync.
+fn node_rollout(client: &kube::Client, args: &NodeArgs) -> Rollout {
+    let rollout = Rollout::new(client.clone(), &args.namespace, reporter(&args.node_id));
+    tokio::spawn({
+        let rollout = rollout.clone();
+        async move {
+            if let Err(e) = rollout.load_key().await {
+                tracing::warn!(error = %e, "rollout on Secret change unavailable for now");
+            }
+        }
+    });
+    rollout
+}
+
 fn reporter(node: &str) -> Reporter {
     Reporter {
         controller: "secrets-store-rs".into(),
@@ -309,17 +317,5 @@ async fn provider_health_check(dirs: Vec<PathBuf>, period: Duration) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_address_disables() {
-        assert_eq!(parse_addr(""), Ok(ListenAddr(None)));
-        assert!(parse_addr("127.0.0.1:9808").unwrap().0.is_some());
-        assert!(parse_addr("nope").is_err());
     }
 }

@@ -151,4 +151,5 @@ pub fn dead_kubeconfig(dir: &Path) -> PathBuf {
     .unwrap();
     path
 }
+pub mod controller;
 pub mod test_provider;

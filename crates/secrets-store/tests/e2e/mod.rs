@@ -74,6 +74,16 @@ impl World {
     /// Starts the agent (secret sync and rotation on, polling every `poll`) and a kubelet that
     /// republishes every `republish`.
     pub async fn start(prefix: &str, poll: &str, republish: Duration) -> Self {
+        Self::start_with_args(prefix, poll, republish, &[]).await
+    }
+
+    /// [`World::start`] with further agent flags (e.g. `--rollout=off`).
+    pub async fn start_with_args(
+        prefix: &str,
+        poll: &str,
+        republish: Duration,
+        extra: &[&str],
+    ) -> Self {
         let cluster = Cluster::shared();
         ensure_csi_driver(cluster).await;
         let namespace = cluster.new_namespace(prefix).await;
@@ -82,25 +92,28 @@ impl World {
         let root = dir.path().join("kubelet");
         std::fs::create_dir_all(&root).unwrap();
         let endpoint = cluster.moto().endpoint();
+        let root_dir = root.to_str().unwrap();
+        let mut args = vec![
+            "--node-id",
+            cluster.node_name(),
+            "--kubelet-dir",
+            root_dir,
+            "--metrics-addr",
+            "",
+            "--healthz-addr",
+            "",
+            "--enable-secret-sync",
+            "--enable-secret-rotation",
+            "--rotation-poll-interval",
+            poll,
+            "--namespace",
+            &namespace,
+        ];
+        args.extend_from_slice(extra);
         let agent = Driver::start_with_env(
             dir.path(),
             cluster.kubeconfig_path(),
-            &[
-                "--node-id",
-                cluster.node_name(),
-                "--kubelet-dir",
-                root.to_str().unwrap(),
-                "--metrics-addr",
-                "",
-                "--healthz-addr",
-                "",
-                "--enable-secret-sync",
-                "--enable-secret-rotation",
-                "--rotation-poll-interval",
-                poll,
-                "--namespace",
-                &namespace,
-            ],
+            &args,
             &[("AWS_ENDPOINT_URL", endpoint.as_str())],
         );
         let mut config = KubeletConfig::new(cluster.node_name(), &root, &namespace);

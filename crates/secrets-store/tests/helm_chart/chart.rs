@@ -113,3 +113,17 @@ pub async fn as_agent(cluster: &Cluster, ns: &str) -> Client {
     )
     .await
 }
+
+/// A client that acts as the chart's controller ServiceAccount in `ns`.
+pub async fn as_controller(cluster: &Cluster, ns: &str) -> Client {
+    impersonating(
+        cluster,
+        &format!("system:serviceaccount:{ns}:{NAME}-controller"),
+        vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ],
+    )
+    .await
+}

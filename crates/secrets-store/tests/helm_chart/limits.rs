@@ -57,19 +57,10 @@ pub async fn agent_writes_statuses_only_by_apply(agent: &Client, ns: &str) {
     );
 }
 
-/// With sync: the agent cannot delete or replace a Secret, and may change nothing in a
-/// Deployment, StatefulSet or DaemonSet but the secret-digest annotations of its pod template.
-pub async fn agent_can_only_roll_workloads(agent: &Client, admin: &Client, ns: &str) {
+/// With sync: the agent cannot delete or replace a Secret.
+pub async fn agent_cannot_delete_or_replace_secrets(agent: &Client, admin: &Client, ns: &str) {
     let secrets: Api<Secret> = Api::namespaced(agent.clone(), ns);
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "synced", "labels": {"secrets-store.csi.k8s.io/managed": "true"}},
-        "data": {"k": "dg=="},
-    }))
-    .unwrap();
-    let secret = Api::<Secret>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    let secret = managed_secret(admin, ns, "synced").await;
     assert_refused(
         secrets.delete("synced", &DeleteParams::default()).await,
         RBAC,
@@ -82,7 +73,25 @@ pub async fn agent_can_only_roll_workloads(agent: &Client, admin: &Client, ns: &
         RBAC,
         "the agent replacing a Secret",
     );
+}
 
+/// A managed Secret `name` in `ns`, created by the admin.
+async fn managed_secret(admin: &Client, ns: &str, name: &str) -> Secret {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"secrets-store.csi.k8s.io/managed": "true"},
+            "annotations": {"team": "a"}},
+        "data": {"k": "dg=="},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap()
+}
+
+/// Whoever rolls (`roller`: the node agent, or the controller) may change nothing in a
+/// Deployment, StatefulSet or DaemonSet but the secret-digest annotations of its pod template.
+pub async fn can_only_roll_workloads(roller: &Client, admin: &Client, ns: &str) {
     let pod_template = serde_json::json!({
         "metadata": {"labels": {"app": "app"}},
         "spec": {"containers": [{"name": "app", "image": "nginx:1.14.2"}]},
@@ -116,13 +125,129 @@ pub async fn agent_can_only_roll_workloads(agent: &Client, admin: &Client, ns: &
         .create(&pp, &daemon_set)
         .await
         .unwrap();
-    confined::<Deployment>(agent, admin, ns).await;
-    confined::<StatefulSet>(agent, admin, ns).await;
-    confined::<DaemonSet>(agent, admin, ns).await;
+    confined::<Deployment>(roller, admin, ns).await;
+    confined::<StatefulSet>(roller, admin, ns).await;
+    confined::<DaemonSet>(roller, admin, ns).await;
+}
+
+/// Without workload RBAC (the node agent while the controller rolls): refused by RBAC before any
+/// admission policy, for each kind and even for the digest annotation alone.
+pub async fn cannot_patch_workloads(agent: &Client, ns: &str) {
+    let digest =
+        serde_json::json!({"spec": {"template": {"metadata": {"annotations": {DIGEST: "x"}}}}});
+    let pp = PatchParams::default();
+    assert_refused(
+        Api::<Deployment>::namespaced(agent.clone(), ns)
+            .patch("app", &pp, &Patch::Merge(&digest))
+            .await,
+        RBAC,
+        "the agent patching a Deployment",
+    );
+    assert_refused(
+        Api::<StatefulSet>::namespaced(agent.clone(), ns)
+            .patch("app", &pp, &Patch::Merge(&digest))
+            .await,
+        RBAC,
+        "the agent patching a StatefulSet",
+    );
+    assert_refused(
+        Api::<DaemonSet>::namespaced(agent.clone(), ns)
+            .patch("app", &pp, &Patch::Merge(&digest))
+            .await,
+        RBAC,
+        "the agent patching a DaemonSet",
+    );
+}
+
+/// The controller may record its digest on a managed Secret and change nothing else in it: not
+/// the data, the labels, other annotations; and it may neither delete nor replace one.
+pub async fn controller_can_only_record_digests(controller: &Client, admin: &Client, ns: &str) {
+    const POLICY: &str = "secrets-store-rs-controller-secrets";
+    const RECORDED: &str = "secrets-store.csi.x-k8s.io/rolled-out-digest";
+    let secret = managed_secret(admin, ns, "recorded").await;
+    let api: Api<Secret> = Api::namespaced(controller.clone(), ns);
+    let merge = |patch: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            api.patch("recorded", &PatchParams::default(), &Patch::Merge(patch))
+                .await
+        }
+    };
+    let data = serde_json::json!({"data": {"k": "ZXZpbA=="}});
+    let refused = eventually(
+        Duration::from_secs(60),
+        "the controller-secrets policy in force",
+        || async {
+            match merge(data.clone()).await {
+                Ok(_) => {
+                    Api::<Secret>::namespaced(admin.clone(), ns)
+                        .patch(
+                            "recorded",
+                            &PatchParams::default(),
+                            &Patch::Merge(serde_json::json!({"data": {"k": "dg=="}})),
+                        )
+                        .await
+                        .unwrap();
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        },
+    )
+    .await;
+    assert_refused(
+        Err::<(), _>(refused),
+        POLICY,
+        "the controller changing a Secret's data",
+    );
+    for (what, patch) in [
+        (
+            "its labels",
+            serde_json::json!({"metadata": {"labels": {"secrets-store.csi.k8s.io/managed": null}}}),
+        ),
+        (
+            "its other annotations",
+            serde_json::json!({"metadata": {"annotations": {"team": "b"}}}),
+        ),
+        (
+            "its owners",
+            serde_json::json!({"metadata": {"ownerReferences": [{"apiVersion": "v1",
+                "kind": "ConfigMap", "name": "x", "uid": "00000000-0000-0000-0000-000000000000"}]}}),
+        ),
+        // (Its type the apiserver keeps immutable by itself.)
+        ("its mutability", serde_json::json!({"immutable": true})),
+        (
+            "the digest together with the data",
+            serde_json::json!({"metadata": {"annotations": {RECORDED: "d"}}, "data": {"k": "eA=="}}),
+        ),
+    ] {
+        assert_refused(
+            merge(patch).await,
+            POLICY,
+            &format!("the controller changing a Secret's {what}"),
+        );
+    }
+    assert_refused(
+        api.delete("recorded", &DeleteParams::default()).await,
+        RBAC,
+        "the controller deleting a Secret",
+    );
+    assert_refused(
+        api.replace("recorded", &PostParams::default(), &secret)
+            .await,
+        RBAC,
+        "the controller replacing a Secret",
+    );
+    merge(serde_json::json!({"metadata": {"annotations": {RECORDED: "d1"}}}))
+        .await
+        .expect("the controller records its digest");
+    merge(serde_json::json!({"metadata": {"annotations": {RECORDED: "d2"}}}))
+        .await
+        .expect("the controller changes its digest");
 }
 
 /// The rollout-only policy on workload `app` of kind `K`.
-async fn confined<K>(agent: &Client, admin: &Client, ns: &str)
+async fn confined<K>(roller: &Client, admin: &Client, ns: &str)
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + Clone
@@ -131,10 +256,10 @@ where
 {
     const POLICY: &str = "secrets-store-rs-rollout-only";
     let kind = K::kind(&());
-    let as_agent: Api<K> = Api::namespaced(agent.clone(), ns);
+    let as_roller: Api<K> = Api::namespaced(roller.clone(), ns);
     let as_admin: Api<K> = Api::namespaced(admin.clone(), ns);
     let merge = |patch: serde_json::Value| {
-        let api = as_agent.clone();
+        let api = as_roller.clone();
         async move {
             api.patch("app", &PatchParams::default(), &Patch::Merge(patch))
                 .await
@@ -165,7 +290,7 @@ where
     assert_refused(
         Err::<(), _>(refused),
         POLICY,
-        &format!("the agent changing a {kind}'s image"),
+        &format!("the roller changing a {kind}'s image"),
     );
     let digest = |value: &str| serde_json::json!({"spec": {"template": {"metadata": {"annotations": {DIGEST: value}}}}});
     for (what, patch) in [
@@ -208,25 +333,61 @@ where
         assert_refused(
             merge(patch).await,
             POLICY,
-            &format!("the agent changing {what} of a {kind}"),
+            &format!("the roller changing {what} of a {kind}"),
         );
     }
     if kind != "DaemonSet" {
         assert_refused(
             merge(serde_json::json!({"spec": {"replicas": 0}})).await,
             POLICY,
-            &format!("the agent scaling a {kind}"),
+            &format!("the roller scaling a {kind}"),
         );
     }
     // What rollout writes passes, a changed digest included, and the policy binds no one else.
     merge(digest("first"))
         .await
-        .unwrap_or_else(|e| panic!("the agent setting a {kind}'s digest annotation: {e}"));
+        .unwrap_or_else(|e| panic!("the roller setting a {kind}'s digest annotation: {e}"));
     merge(digest("second"))
         .await
-        .unwrap_or_else(|e| panic!("the agent changing a {kind}'s digest annotation: {e}"));
+        .unwrap_or_else(|e| panic!("the roller changing a {kind}'s digest annotation: {e}"));
     as_admin
         .patch("app", &PatchParams::default(), &Patch::Merge(image))
         .await
         .unwrap_or_else(|e| panic!("the admin changing a {kind}'s image: {e}"));
+}
+
+/// The controller's `create` on Secrets in the release namespace (for the rollout key; RBAC
+/// cannot limit create by name) creates nothing else: not another Secret, and never a
+/// service-account-token Secret that the token controller would fill with a token.
+pub async fn controller_creates_only_the_rollout_key(controller: &Client, release_ns: &str) {
+    const POLICY: &str = "secrets-store-rs-controller-secrets";
+    let api: Api<Secret> = Api::namespaced(controller.clone(), release_ns);
+    let secret = |name: &str, type_: &str| -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name,
+                "annotations": {"kubernetes.io/service-account.name": "default"}},
+            "type": type_,
+        }))
+        .unwrap()
+    };
+    for (what, name, type_) in [
+        (
+            "a token Secret",
+            "token",
+            "kubernetes.io/service-account-token",
+        ),
+        ("another Secret", "other", "Opaque"),
+        (
+            "a token Secret under the key's name",
+            "secrets-store-rs-rollout-key",
+            "kubernetes.io/service-account-token",
+        ),
+    ] {
+        assert_refused(
+            api.create(&PostParams::default(), &secret(name, type_))
+                .await,
+            POLICY,
+            &format!("the controller creating {what}"),
+        );
+    }
 }

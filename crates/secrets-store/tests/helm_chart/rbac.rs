@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
     SelfSubjectRulesReview, SelfSubjectRulesReviewSpec,
@@ -17,7 +17,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use secrets_store_testenv::Cluster;
 
-use crate::chart::{as_agent, helm_release, helm_uninstall};
+use crate::chart::{as_agent, as_controller, helm_release, helm_uninstall};
 use crate::{INSTALL, NAME, limits};
 
 /// Whether the impersonated identity may do `verb` on `resource` (`group/resource[/sub]`).
@@ -114,9 +114,30 @@ fn base_rules() -> BTreeSet<String> {
     want
 }
 
-fn sync_rules() -> BTreeSet<String> {
+/// With secret sync and the controller rolling: Secrets, and no workload access at all.
+fn sync_rules_without_rollout() -> BTreeSet<String> {
     let mut want = base_rules();
     for v in ["get", "list", "watch", "create", "patch"] {
+        want.insert(format!("/secrets {v}"));
+    }
+    want
+}
+
+/// With secret sync and node rollout (no controller): Secrets, and the workload rollout verbs.
+fn sync_rules() -> BTreeSet<String> {
+    let mut want = sync_rules_without_rollout();
+    for r in ["deployments", "statefulsets", "daemonsets"] {
+        for v in ["get", "list", "patch"] {
+            want.insert(format!("apps/{r} {v}"));
+        }
+    }
+    want
+}
+
+/// The controller's rules in a workload namespace: exactly these.
+fn controller_rules() -> BTreeSet<String> {
+    let mut want = BTreeSet::new();
+    for v in ["get", "list", "watch", "patch"] {
         want.insert(format!("/secrets {v}"));
     }
     for r in ["deployments", "statefulsets", "daemonsets"] {
@@ -124,7 +145,49 @@ fn sync_rules() -> BTreeSet<String> {
             want.insert(format!("apps/{r} {v}"));
         }
     }
+    for v in ["create", "patch"] {
+        want.insert(format!("events.k8s.io/events {v}"));
+    }
     want
+}
+
+/// What the controller must never be able to do: write Secrets beyond a patch (which the
+/// controller-secrets policy narrows to one annotation), create or delete workloads, reach pods,
+/// nodes, tokens or RBAC.
+async fn assert_controller_never(client: &Client, other_ns: &str) {
+    for (verb, resource) in [
+        ("create", "/secrets"),
+        ("update", "/secrets"),
+        ("delete", "/secrets"),
+        ("deletecollection", "/secrets"),
+        ("create", "apps/deployments"),
+        ("update", "apps/deployments"),
+        ("delete", "apps/deployments"),
+        ("patch", "apps/deployments/scale"),
+        ("patch", "apps/deployments/status"),
+        ("create", "/pods"),
+        ("create", "/pods/exec"),
+        ("get", "/pods"),
+        ("patch", "/nodes"),
+        ("create", "/serviceaccounts/token"),
+        ("impersonate", "/serviceaccounts"),
+        ("list", "/configmaps"),
+        (
+            "create",
+            "secrets-store.csi.x-k8s.io/secretproviderclasspodstatuses",
+        ),
+        ("patch", "secrets-store.csi.x-k8s.io/secretproviderclasses"),
+        ("escalate", "rbac.authorization.k8s.io/clusterroles"),
+        ("bind", "rbac.authorization.k8s.io/clusterroles"),
+        ("create", "rbac.authorization.k8s.io/rolebindings"),
+        ("update", "coordination.k8s.io/leases"),
+        ("create", "coordination.k8s.io/leases"),
+    ] {
+        assert!(
+            !can(client, verb, resource, Some(other_ns)).await,
+            "the controller must not {verb} {resource} in a workload namespace"
+        );
+    }
 }
 
 /// What the agent must never be able to do, whatever the values. Server-side apply (`patch`,
@@ -291,7 +354,8 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
     assert_eq!(driver.spec.requires_republish, Some(true));
     assert_eq!(rules_in(&agent, &workload_ns).await, sync_rules());
     assert_never(&agent, &workload_ns).await;
-    limits::agent_can_only_roll_workloads(&agent, &admin, &workload_ns).await;
+    limits::agent_cannot_delete_or_replace_secrets(&agent, &admin, &workload_ns).await;
+    limits::can_only_roll_workloads(&agent, &admin, &workload_ns).await;
     // The rollout key: get by name and create in the agent's own namespace.
     let own = rules_in(&agent, &ns).await;
     assert!(
@@ -304,6 +368,64 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
         .await
         .expect("with syncSecret the agent lists managed Secrets");
 
+    // With the controller: the node agents lose every workload verb (and the rollout key), the
+    // controller rolls, confined like the agent was, and may touch a Secret's digest annotation only.
+    let controller_ns = cluster.new_namespace("chart-controller").await;
+    helm_release(
+        cluster,
+        "upgrade",
+        &ns,
+        "syncSecret.enabled=true,enableSecretRotation=true,controller.enabled=true",
+    );
+    assert_eq!(
+        rules_in(&agent, &workload_ns).await,
+        sync_rules_without_rollout()
+    );
+    assert_never(&agent, &workload_ns).await;
+    limits::cannot_patch_workloads(&agent, &workload_ns).await;
+    let own = rules_in(&agent, &ns).await;
+    assert!(
+        !own.iter().any(|r| r.contains("rollout-key")),
+        "the agent keeps no rollout key access: {own:?}"
+    );
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .get(&format!("{NAME}-controller"))
+        .await
+        .expect("controller Deployment installed");
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.unwrap();
+    let controller_account = format!("{NAME}-controller");
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some(controller_account.as_str())
+    );
+    let controller = as_controller(cluster, &ns).await;
+    assert_eq!(
+        rules_in(&controller, &controller_ns).await,
+        controller_rules()
+    );
+    assert_controller_never(&controller, &controller_ns).await;
+    let own = rules_in(&controller, &ns).await;
+    for rule in [
+        "coordination.k8s.io/leases get (secrets-store-rs-controller)",
+        "coordination.k8s.io/leases update (secrets-store-rs-controller)",
+        "coordination.k8s.io/leases create",
+        "/secrets get (secrets-store-rs-rollout-key)",
+        "/secrets create",
+    ] {
+        assert!(own.contains(rule), "{rule} missing from {own:?}");
+    }
+    limits::can_only_roll_workloads(&controller, &admin, &controller_ns).await;
+    limits::controller_can_only_record_digests(&controller, &admin, &controller_ns).await;
+    limits::controller_creates_only_the_rollout_key(&controller, &ns).await;
+    crate::controller::controller_leads_and_rolls_as_its_chart_identity(
+        cluster,
+        &ns,
+        &controller_ns,
+    )
+    .await;
+
     helm_uninstall(cluster, &ns);
     assert!(
         Api::<CSIDriver>::all(admin.clone())
@@ -314,7 +436,7 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
         "uninstall removes the CSIDriver"
     );
     let namespaces: Api<Namespace> = Api::all(admin);
-    for n in [&ns, &workload_ns] {
+    for n in [&ns, &workload_ns, &controller_ns] {
         namespaces
             .delete(n, &DeleteParams::default())
             .await

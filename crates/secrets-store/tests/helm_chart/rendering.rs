@@ -165,6 +165,29 @@ fn admission_policies_render_as_configured() {
         ])
         .is_empty()
     );
+    // With the controller it rolls (the node agents get no workload write), confined by the same
+    // policy, and its Secret patches by its own; without secret sync too (managed Secrets may come
+    // from elsewhere). nodeRollout=false leaves nobody to confine.
+    let controller = "secrets-store-rs-controller-secrets";
+    assert_eq!(
+        policies(&["syncSecret.enabled=true", "controller.enabled=true"]),
+        [statuses, rollout, controller]
+    );
+    assert_eq!(
+        policies(&["controller.enabled=true"]),
+        [statuses, rollout, controller]
+    );
+    assert_eq!(
+        policies(&["syncSecret.enabled=true", "nodeRollout=false"]),
+        [statuses]
+    );
+    assert_eq!(
+        policies(&[
+            "controller.enabled=true",
+            "admissionPolicies.workloads=false"
+        ]),
+        [statuses]
+    );
     // Pod-less sync: its three policies only with the controller and the feature both on.
     let podless = [
         "secrets-store-rs-podless-token-subjects",
@@ -195,7 +218,8 @@ fn admission_policies_render_as_configured() {
     assert_eq!(
         out.matches(r#""system:serviceaccount:kube-system:secrets-store-rs-controller""#)
             .count(),
-        3,
+        // The three pod-less policies, and the controller's own two (rollout-only, Secrets).
+        5,
         "{out}"
     );
     // Each names the release's ServiceAccount as the agent.
@@ -205,6 +229,94 @@ fn admission_policies_render_as_configured() {
             .count(),
         2,
         "{out}"
+    );
+}
+
+/// With the controller: its Deployment, ServiceAccount, RBAC and policies; the node agents do not
+/// roll (`--rollout=off`) and their ClusterRoles name no workload.
+#[test]
+fn template_controller_matches_golden() {
+    let out = render(&["syncSecret.enabled=true", "controller.enabled=true"]);
+    assert!(out.contains("- --rollout=off"));
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .collect();
+    let named = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| {
+                d.get("kind").and_then(|k| k.as_str()) == Some(kind)
+                    && d.get("metadata")
+                        .and_then(|m| m.get("name"))
+                        .and_then(|n| n.as_str())
+                        == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+            .clone()
+    };
+    for role in ["secrets-store-rs", "secrets-store-rs-sync"] {
+        let rules = serde_yaml::to_string(&named("ClusterRole", role)).unwrap();
+        for workload in ["deployments", "statefulsets", "daemonsets"] {
+            assert!(
+                !rules.contains(workload),
+                "{role} names {workload}:\n{rules}"
+            );
+        }
+    }
+    let daemon_set: DaemonSet =
+        serde_yaml::from_value(named("DaemonSet", "secrets-store-rs")).unwrap();
+    let agent_args = daemon_set
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .remove(0)
+        .args
+        .unwrap();
+    assert!(
+        agent_args.iter().any(|a| a == "--rollout=off"),
+        "{agent_args:?}"
+    );
+    let run_agent = Command::new(env!("CARGO_BIN_EXE_secrets-store"))
+        .args(&agent_args)
+        .arg("--help")
+        .env("KUBE_NODE_NAME", "n")
+        .env("POD_NAMESPACE", "ns")
+        .output()
+        .unwrap();
+    assert!(
+        run_agent.status.success(),
+        "secrets-store rejected the agent args {agent_args:?}:\n{}",
+        String::from_utf8_lossy(&run_agent.stderr)
+    );
+    let deployment = named("Deployment", "secrets-store-rs-controller");
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_yaml::from_value(deployment).unwrap();
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(2));
+    let args = spec
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .remove(0)
+        .args
+        .unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_secrets-store"))
+        .args(&args)
+        .arg("--help")
+        .env("POD_NAMESPACE", "ns")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "secrets-store rejected the controller args {args:?}:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_current(
+        &chart_dir().join("tests/golden/controller.yaml"),
+        &format!("{HEADER}{out}"),
     );
 }
 
@@ -300,4 +412,34 @@ fn every_rendered_flag_is_accepted_by_the_agent() {
     let mut bad = args.clone();
     bad.push("--no-such-flag".into());
     assert!(!run(&bad).status.success());
+
+    // The controller's Deployment, with every feature on.
+    let out = render(&[
+        "controller.enabled=true",
+        "controller.podlessSync.enabled=true",
+        "aws.region=eu-west-1",
+        "logFormatJSON=true",
+    ]);
+    let deployment = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .find(|d| d.get("kind").and_then(|k| k.as_str()) == Some("Deployment"))
+        .expect("the controller's Deployment");
+    let deployment: k8s_openapi::api::apps::v1::Deployment =
+        serde_yaml::from_value(deployment).unwrap();
+    let container = deployment
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers
+        .remove(0);
+    let args: Vec<String> = container.args.unwrap_or_default();
+    assert!(args.iter().any(|a| a == "--podless-sync"), "{args:?}");
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "secrets-store rejected the controller's args {args:?}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -22,6 +22,7 @@ use crate::files::VolumeFiles;
 use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_references};
 use crate::rollout::Rollout;
 use crate::target::{NodeVolumes, UntrustedTarget, VerifiedTarget};
+pub(crate) use write::keep_version_only;
 pub(crate) use writer::SecretWriter;
 
 mod reconcile;

@@ -30,7 +30,7 @@ pub(super) type SecretVersions = Store<PartialObjectMeta<Secret>>;
 
 /// Drops everything but what identifies a watched Secret's version: labels and annotations can be
 /// as large as the tenant who wrote them likes.
-pub(super) fn keep_version_only(secret: &mut PartialObjectMeta<Secret>) {
+pub(crate) fn keep_version_only(secret: &mut PartialObjectMeta<Secret>) {
     let meta = std::mem::take(&mut secret.metadata);
     secret.metadata = ObjectMeta {
         name: meta.name,
