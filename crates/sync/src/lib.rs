@@ -6,6 +6,8 @@ pub mod desired;
 mod files;
 mod hook;
 pub mod lifetime;
+pub mod metrics;
+pub mod reconciler;
 pub mod rollout;
 mod syncer;
 mod target;
@@ -13,5 +15,6 @@ pub mod tls;
 
 pub use files::VolumeFiles;
 pub use hook::SecretSyncHook;
-pub use syncer::{ClassLookup, SecretSync, SyncError, SyncReport, SyncRequest};
+pub use metrics::SyncMetrics;
+pub use syncer::{ClassLookup, SecretSync, SyncError, SyncReport, SyncRequest, SyncWatches};
 pub use target::{NodeVolumes, UntrustedTarget, VerifiedTarget};

@@ -16,7 +16,7 @@ use secrets_store_driver::{
 use secrets_store_provider::grpc::client::{ClientConfig, ExternalProvider};
 use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig};
 use secrets_store_sync::rollout::Rollout;
-use secrets_store_sync::{NodeVolumes, SecretSync, SecretSyncHook};
+use secrets_store_sync::{NodeVolumes, SecretSync, SecretSyncHook, reconciler};
 
 /// Flags of `secrets-store node` (names follow the upstream driver where it has one).
 #[derive(clap::Args, Debug, Clone)]
@@ -172,7 +172,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if args.enable_secret_sync {
         let node = NodeVolumes::new(&args.node_id, &args.kubelet_dir);
         let (sync, watches) = SecretSync::new(client.clone(), node, Arc::new(service.classes()));
-        tokio::spawn(watches);
         // Rollout is opt-in per workload; its key is loaded on first use (and retried), so an
         // unreachable API server or a malformed key Secret never stops the agent or the sync.
         let rollout = Rollout::new(client.clone(), &args.namespace, reporter(&args.node_id));
@@ -185,10 +184,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             }
         });
         let sync = sync.with_rollout(rollout);
-        tokio::spawn(
-            sync.clone()
-                .run_reconciler(args.secret_reconcile_interval, reporter(&args.node_id)),
-        );
+        // The watches fill the syncer's caches and trigger its drift reconciler.
+        tokio::spawn(watches.reconcile(reconciler::Context::new(
+            sync.clone(),
+            reporter(&args.node_id),
+            args.secret_reconcile_interval,
+        )));
         secret_sync = Some(sync.clone());
         service = service.with_hook(Arc::new(SecretSyncHook::new(sync)));
     }

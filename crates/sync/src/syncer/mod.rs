@@ -4,28 +4,27 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex as StdMutex};
 
-use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use secrets_store_api::crd::{SecretObject, SecretProviderClass, SecretProviderClassPodStatus};
 use secrets_store_api::labels;
 use secrets_store_driver::mounter::MountTable;
 use secrets_store_provider::SecretBytes;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 
 use crate::consumers::{consumers_of, pod_status_owner};
 use crate::desired::{DesiredSecretError, desired_secret};
 use crate::files::VolumeFiles;
 use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_references};
+use crate::metrics::{self, SyncMetrics};
 use crate::rollout::Rollout;
 use crate::target::{NodeVolumes, UntrustedTarget, VerifiedTarget};
-use write::{SecretVersions, SecretWrite, VerifiedVersions, keep_version_only};
+pub use watches::SyncWatches;
+use write::{SecretVersions, SecretWrite, VerifiedVersions};
 
-mod reconcile;
+mod watches;
 mod write;
 
 /// A volume that was just mounted (or remounted) and whose synced Secrets must be written.
@@ -182,92 +181,58 @@ type SecretLocks = HashMap<(String, String), Arc<Mutex<()>>>;
 #[derive(Clone)]
 pub struct SecretSync {
     client: Client,
-    node: NodeVolumes,
+    pub(crate) node: NodeVolumes,
     field_manager: String,
-    statuses: Store<SecretProviderClassPodStatus>,
-    pods: Store<Pod>,
+    pub(crate) statuses: Store<SecretProviderClassPodStatus>,
+    pub(crate) pods: Store<Pod>,
     /// Managed Secrets by identity and version only: their data is read only for the Secrets
     /// this node writes, and only when `verified` cannot vouch for them.
     secrets: SecretVersions,
     verified: VerifiedVersions,
-    classes: Arc<dyn ClassLookup>,
+    pub(crate) classes: Arc<dyn ClassLookup>,
     locks: Arc<StdMutex<SecretLocks>>,
-    secrets_changed: Arc<Notify>,
     rollout: Option<Rollout>,
-    /// Status objects the reconciler refused, by uid, with the resourceVersion it warned about:
-    /// one Event per version, not one per pass (passes follow every managed Secret's change).
-    refused: Arc<StdMutex<HashMap<String, String>>>,
+    metrics: SyncMetrics,
 }
 
 impl SecretSync {
-    /// Starts the watches this needs (this node's pods and pod statuses, and the metadata of the
-    /// Secrets that carry our managed label) and returns the syncer plus the future that drives
-    /// the watches.
+    /// Sets up the watches this needs (this node's pods and pod statuses, and the metadata of the
+    /// Secrets that carry our managed label) and returns the syncer plus the watches, which
+    /// fill its caches once driven ([`SyncWatches::drive`], or with the drift reconciler
+    /// [`SyncWatches::reconcile`]).
     pub fn new(
         client: Client,
         node: NodeVolumes,
         classes: Arc<dyn ClassLookup>,
-    ) -> (Self, BoxFuture<'static, ()>) {
+    ) -> (Self, SyncWatches) {
         let node_name = node.node_name().to_string();
-        let node_label = format!("{}={node_name}", labels::NODE_NAME);
-        let (statuses, status_writer) = reflector::store();
-        let (pods, pod_writer) = reflector::store();
-        let (secrets, secret_writer) = reflector::store();
-        let status_stream = reflector::reflector(
-            status_writer,
-            watcher(
-                Api::<SecretProviderClassPodStatus>::all(client.clone()),
-                watcher::Config::default().labels(&node_label),
-            ),
-        );
-        let pod_stream = reflector::reflector(
-            pod_writer,
-            watcher(
-                Api::<Pod>::all(client.clone()),
-                watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
-            ),
-        );
-        // Metadata only: any tenant may put the label on any number of Secrets of any size.
-        let secret_stream = reflector::reflector(
-            secret_writer,
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-                watcher::Config::default().labels(&format!(
-                    "{}={}",
-                    labels::MANAGED,
-                    labels::MANAGED_VALUE
-                )),
-            )
-            .modify(keep_version_only),
-        );
-        let secrets_changed = Arc::new(Notify::new());
-        let changed = secrets_changed.clone();
-        let drive = async move {
-            let s = status_stream.default_backoff().for_each(|_| async {});
-            let p = pod_stream.default_backoff().for_each(|_| async {});
-            // Every change to a managed Secret wakes the drift reconciler.
-            let c = secret_stream.default_backoff().for_each(|_| {
-                changed.notify_one();
-                async {}
-            });
-            futures::join!(s, p, c);
-        }
-        .boxed();
+        let verified = VerifiedVersions::new();
+        let (watches, stores) = SyncWatches::new(&client, &node_name, verified.clone());
         let sync = Self {
             client,
             node,
             field_manager: format!("secrets-store-rs/{node_name}"),
-            statuses,
-            pods,
-            secrets,
-            verified: VerifiedVersions::new(),
+            statuses: stores.statuses,
+            pods: stores.pods,
+            secrets: stores.secrets,
+            verified,
             classes,
             locks: Arc::default(),
-            secrets_changed,
             rollout: None,
-            refused: Arc::default(),
+            metrics: SyncMetrics::default(),
         };
-        (sync, drive)
+        (sync, watches)
+    }
+
+    /// Counts sync outcomes and rollouts in `metrics` (registered by the binary).
+    pub fn with_metrics(mut self, metrics: SyncMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The counters this syncer counts into.
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
     }
 
     /// Rolls opted-in workloads whenever this syncer changes a Secret's data, on a mount or in
@@ -305,14 +270,19 @@ impl SecretSync {
                 .write(&namespace, index, object, lifetime, volume)
                 .await
             {
-                Ok(Outcome::Unchanged) => report.unchanged.push(object.secret_name.clone()),
+                Ok(Outcome::Unchanged) => {
+                    self.metrics.secret(metrics::UNCHANGED);
+                    report.unchanged.push(object.secret_name.clone());
+                }
                 Ok(Outcome::Applied { data_changed }) => {
+                    self.metrics.secret(metrics::APPLIED);
                     report.applied.push(object.secret_name.clone());
                     if let Some(data) = data_changed {
                         report.data_changed.push((object.secret_name.clone(), data));
                     }
                 }
                 Err(e) => {
+                    self.metrics.secret(e.reason());
                     first_error.get_or_insert(e);
                 }
             }
@@ -333,10 +303,16 @@ impl SecretSync {
         for (secret, data) in changed {
             match rollout.secret_changed(namespace, secret, data).await {
                 Ok(patched) if !patched.is_empty() => {
+                    for _ in &patched {
+                        self.metrics.rollout(metrics::ROLLED);
+                    }
                     tracing::info!(%namespace, %secret, workloads = ?patched, "rolling workloads after Secret change");
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "rollout after Secret change failed"),
+                Err(e) => {
+                    self.metrics.rollout(metrics::ROLLOUT_FAILED);
+                    tracing::warn!(error = %e, "rollout after Secret change failed");
+                }
             }
         }
     }
