@@ -196,7 +196,7 @@ impl NodeService {
         &self.inner.config
     }
 
-    /// The metrics (for the HTTP exporter).
+    /// The metrics this service counts into.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
