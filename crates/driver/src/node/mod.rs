@@ -22,7 +22,10 @@ use crate::metrics::Metrics;
 use crate::mounter::Mounter;
 use crate::providers::ProviderRegistry;
 use crate::refresh::Remembered;
-use crate::rotation::{ROTATION_COMPLETE_REASON, ROTATION_FAILED_REASON, RotationSchedule};
+use crate::rotation::{
+    PublishPlan, ROTATION_COMPLETE_REASON, ROTATION_FAILED_REASON, RotationSchedule, Trigger,
+    keeps_request,
+};
 use crate::status::{PodEffects, pod_reference};
 use crate::volume_context::VolumeContext;
 
@@ -59,16 +62,6 @@ impl std::fmt::Debug for PublishRequest {
 /// How long a publish may take by default: under kubelet's 2-minute CSI deadline, so kubelet gets
 /// our error (naming the cause) rather than its own.
 pub const DEFAULT_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
-
-/// Who asked for a publish.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Trigger {
-    /// kubelet, through `NodePublishVolume`.
-    Kubelet,
-    /// The agent's own rotation schedule ([`NodeService::refresh_mounted`]): only ever refreshes
-    /// a volume that is still mounted and still remembered.
-    Refresh,
-}
 
 /// Static settings of the node service.
 #[derive(Clone, Debug)]
@@ -219,7 +212,7 @@ impl NodeService {
         match &result {
             Ok(()) => {
                 // Only kubelet's requests are kept: they carry the freshest tokens.
-                if trigger == Trigger::Kubelet && self.inner.rotation.interval().is_some() {
+                if keeps_request(trigger, self.inner.rotation.interval().is_some()) {
                     self.inner
                         .remembered
                         .remember(Path::new(&req.target_path), &req);
@@ -323,15 +316,20 @@ impl NodeService {
         let guard = self.inner.locks.lock(&target).await;
 
         let was_mounted = self.inner.mounter.is_mount_point(&target)?;
-        if trigger == Trigger::Refresh && !(was_mounted && self.inner.remembered.contains(&target))
-        {
-            // Unpublished since the refresh loop picked it: never mount anything back.
-            return Ok(());
-        }
         let started = Instant::now();
-        if was_mounted && !self.inner.rotation.due(&target, started) {
-            tracing::debug!(target_path = %target.display(), "republish within the rotation poll interval; nothing to fetch");
-            return Ok(());
+        let plan = PublishPlan::decide(
+            trigger,
+            was_mounted,
+            self.inner.remembered.contains(&target),
+            self.inner.rotation.due(&target, started),
+        );
+        match plan {
+            PublishPlan::Unpublished => return Ok(()),
+            PublishPlan::NotDue => {
+                tracing::debug!(target_path = %target.display(), "republish within the rotation poll interval; nothing to fetch");
+                return Ok(());
+            }
+            PublishPlan::FirstMount | PublishPlan::Refetch => {}
         }
         *republish = was_mounted;
         let class = self.class(&ctx).await?;
@@ -353,7 +351,7 @@ impl NodeService {
             }
             () = guard.preempted() => Err(PublishError::Unpublished),
         };
-        if was_mounted || result.is_ok() {
+        if plan.starts_interval(result.is_ok()) {
             self.inner.rotation.attempted(&target, started);
         }
         if let Ok(changed) = result
