@@ -4,7 +4,7 @@
 //! [`crate::NodeVolumes::verify`] accepts; it never calls a provider.
 //!
 //! A status is reconciled when it changes, when a managed Secret its class syncs changes (the
-//! mapper reads [`index::ProducerIndex`]), after a failure with a per-object backoff, and every
+//! mapper reads the producer index, `index.rs`), after a failure with a per-object backoff, and every
 //! `period` (classes and pods are not watched by the controller). [`reconcile`] is a plain
 //! function of the status and the [`Context`], so tests call it on constructed objects.
 

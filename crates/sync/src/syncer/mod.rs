@@ -183,7 +183,7 @@ pub struct SecretSync {
     client: Client,
     pub(crate) node: NodeVolumes,
     field_manager: String,
-    pub(crate) statuses: Store<SecretProviderClassPodStatus>,
+    statuses: Store<SecretProviderClassPodStatus>,
     pub(crate) pods: Store<Pod>,
     /// Managed Secrets by identity and version only: their data is read only for the Secrets
     /// this node writes, and only when `verified` cannot vouch for them.
