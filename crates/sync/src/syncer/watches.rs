@@ -41,6 +41,7 @@ pub struct SyncWatches {
     statuses: Events<SecretProviderClassPodStatus>,
     status_store: Store<SecretProviderClassPodStatus>,
     pods: Events<Pod>,
+    pod_store: Store<Pod>,
     secrets: Events<PartialObjectMeta<Secret>>,
 }
 
@@ -93,6 +94,7 @@ impl SyncWatches {
             statuses: status_events,
             status_store: statuses.clone(),
             pods: pod_events,
+            pod_store: pods.clone(),
             secrets: secret_events,
         };
         let stores = Stores {
@@ -141,7 +143,11 @@ impl SyncWatches {
                     .debounce(RECONCILE_DEBOUNCE)
                     .concurrency(RECONCILE_CONCURRENCY),
             );
-        let reconciles =
+        let pods_listed = self.pod_store;
+        let reconciles = async move {
+            // Before this node's pods are listed every status would find no pod and be skipped
+            // for a whole period.
+            let _ = pods_listed.wait_until_ready().await;
             controller
                 .run(reconcile, error_policy, ctx)
                 .for_each(|result| async move {
@@ -151,7 +157,9 @@ impl SyncWatches {
                         Err(controller::Error::ReconcilerFailed(..)) => {}
                         Err(e) => tracing::debug!(error = %e, "drift reconciler"),
                     }
-                });
+                })
+                .await;
+        };
         async move {
             futures::join!(reconciles, self.pods.for_each(|_| async {}));
         }
