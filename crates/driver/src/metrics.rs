@@ -1,6 +1,9 @@
 //! Prometheus metrics with upstream's names.
-
-use std::sync::Arc;
+//!
+//! The binary owns the registry and serves it; the node service registers its metrics in it with
+//! [`Metrics::register`]. They keep upstream's unprefixed names (`node_publish_total`,
+//! `rotation_reconcile_total`, …) so upstream's dashboards and alerts work unchanged: the binary
+//! hands the driver its root registry, and other parts prefixed sub-registries.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,10 +42,9 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0,
 ];
 
-/// The node service's metrics and the registry they are exported from.
+/// The node service's metrics (cheap to clone; clones count into the same series).
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Arc<Registry>,
     publish: Family<ProviderLabels, Counter>,
     publish_error: Family<PublishErrorLabels, Counter>,
     unpublish: Counter,
@@ -52,8 +54,9 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// Metrics registered nowhere (counted, never exported).
     fn default() -> Self {
-        Self::new(Registry::default())
+        Self::register(&mut Registry::default())
     }
 }
 
@@ -64,9 +67,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Registers the node metrics in `registry` (other components may register theirs too before
-    /// it is frozen here).
-    pub fn new(mut registry: Registry) -> Self {
+    /// Registers the node metrics in `registry` under upstream's names.
+    pub fn register(registry: &mut Registry) -> Self {
         let publish = Family::<ProviderLabels, Counter>::default();
         let publish_error = Family::<PublishErrorLabels, Counter>::default();
         let unpublish = Counter::default();
@@ -100,10 +102,9 @@ impl Metrics {
             "NodePublishVolume duration, successful or not",
             publish_duration.clone(),
         );
-        let rotation = RotationMetrics::register(&mut registry);
+        let rotation = RotationMetrics::register(registry);
         Self {
             rotation,
-            registry: Arc::new(registry),
             publish,
             publish_error,
             unpublish,
@@ -156,14 +157,14 @@ impl Metrics {
             })
             .inc();
     }
+}
 
-    /// The registry in Prometheus text format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
+/// `registry` in the OpenMetrics text format, as served on `/metrics`.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
 }
 
 #[cfg(test)]
@@ -172,12 +173,13 @@ mod tests {
 
     #[test]
     fn upstream_names_are_exported() {
-        let m = Metrics::default();
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
         m.publish_ok("aws", 0.2);
         m.publish_failed("aws", "ProviderError", 1.0);
         m.unpublish_ok();
         m.unpublish_failed("FailedToUnmount");
-        let text = m.encode();
+        let text = encode(&registry);
         for needle in [
             "node_publish_total{provider=\"aws\"} 1",
             "node_publish_error_total{provider=\"aws\",error_type=\"ProviderError\"} 1",

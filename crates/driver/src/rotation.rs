@@ -70,6 +70,61 @@ impl RotationSchedule {
     }
 }
 
+/// Who asked for a publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// kubelet, through `NodePublishVolume`.
+    Kubelet,
+    /// The agent's own rotation schedule (`NodeService::refresh_mounted`): only ever refreshes
+    /// a volume that is still mounted and still remembered.
+    Refresh,
+}
+
+/// What a publish request does to its target, decided before anything is fetched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PublishPlan {
+    /// Mount the volume and fill it (nothing is mounted at the target).
+    FirstMount,
+    /// Fetch the mounted volume's objects again: a rotation.
+    Refetch,
+    /// Nothing: the mounted volume was fetched less than a poll interval ago.
+    NotDue,
+    /// Nothing: the refresh loop picked a volume that was unpublished since (never mount it back).
+    Unpublished,
+}
+
+impl PublishPlan {
+    /// The plan for a request from `trigger` for a target that is `mounted` or not, whose last
+    /// kubelet request is `remembered` or not, and which the [`RotationSchedule`] says is `due`
+    /// or not.
+    pub(crate) fn decide(trigger: Trigger, mounted: bool, remembered: bool, due: bool) -> Self {
+        match (trigger, mounted) {
+            (Trigger::Refresh, false) => Self::Unpublished,
+            (Trigger::Refresh, true) if !remembered => Self::Unpublished,
+            (Trigger::Kubelet, false) => Self::FirstMount,
+            (_, true) if !due => Self::NotDue,
+            (_, true) => Self::Refetch,
+        }
+    }
+
+    /// Whether the attempt starts the volume's next poll interval: every re-fetch does, failed
+    /// or not (an outage adds no traffic), a first mount only once it succeeded (kubelet retries
+    /// a failed one from scratch).
+    pub(crate) fn starts_interval(self, succeeded: bool) -> bool {
+        match self {
+            Self::Refetch => true,
+            Self::FirstMount => succeeded,
+            Self::NotDue | Self::Unpublished => false,
+        }
+    }
+}
+
+/// Whether a successful publish's request is kept for the agent's own refreshes: only kubelet's
+/// (they carry the freshest tokens), and only with rotation on.
+pub(crate) fn keeps_request(trigger: Trigger, rotation: bool) -> bool {
+    trigger == Trigger::Kubelet && rotation
+}
+
 /// Labels of the rotation metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RotationLabels {
@@ -146,30 +201,123 @@ fn rotation_histogram() -> Histogram {
 mod tests {
     use super::*;
 
+    /// Each row: trigger, mounted, remembered, due → the plan.
     #[test]
-    fn fetches_at_most_once_per_interval_from_the_last_attempt() {
-        let schedule = RotationSchedule::new(Some(Duration::from_secs(120)));
-        let target = Path::new("/pods/a/volumes/kubernetes.io~csi/v/mount");
-        let t0 = Instant::now();
-        assert!(
-            schedule.due(target, t0),
-            "a volume never fetched by this process is due"
-        );
-        schedule.attempted(target, t0);
-        assert!(!schedule.due(target, t0 + Duration::from_secs(60)));
-        assert!(schedule.due(target, t0 + Duration::from_secs(120)));
-        schedule.attempted(target, t0 + Duration::from_secs(130));
-        assert!(!schedule.due(target, t0 + Duration::from_secs(200)));
-        schedule.forget(target);
-        assert!(schedule.due(target, t0 + Duration::from_secs(200)));
+    fn republish_decisions() {
+        use PublishPlan::{FirstMount, NotDue, Refetch, Unpublished};
+        use Trigger::{Kubelet, Refresh};
+        let rows = [
+            (Kubelet, false, false, false, FirstMount),
+            (Kubelet, false, true, true, FirstMount),
+            (Kubelet, true, false, true, Refetch),
+            (Kubelet, true, true, true, Refetch),
+            (Kubelet, true, true, false, NotDue),
+            (Kubelet, true, false, false, NotDue),
+            (Refresh, true, true, true, Refetch),
+            (Refresh, true, true, false, NotDue),
+            (Refresh, true, false, true, Unpublished),
+            (Refresh, false, true, true, Unpublished),
+            (Refresh, false, false, false, Unpublished),
+        ];
+        for (trigger, mounted, remembered, due, want) in rows {
+            assert_eq!(
+                PublishPlan::decide(trigger, mounted, remembered, due),
+                want,
+                "{trigger:?} mounted={mounted} remembered={remembered} due={due}"
+            );
+        }
     }
 
+    /// Each row: plan, whether its attempt succeeded → whether it starts the next interval.
     #[test]
-    fn without_an_interval_every_republish_fetches() {
-        let schedule = RotationSchedule::new(None);
-        let now = Instant::now();
-        schedule.attempted(Path::new("/t"), now);
-        assert!(schedule.due(Path::new("/t"), now));
+    fn which_attempts_start_the_next_poll_interval() {
+        use PublishPlan::{FirstMount, NotDue, Refetch, Unpublished};
+        let rows = [
+            (Refetch, true, true),
+            (Refetch, false, true),
+            (FirstMount, true, true),
+            (FirstMount, false, false),
+            (NotDue, true, false),
+            (Unpublished, true, false),
+        ];
+        for (plan, succeeded, want) in rows {
+            assert_eq!(
+                plan.starts_interval(succeeded),
+                want,
+                "{plan:?} succeeded={succeeded}"
+            );
+        }
+        assert!(keeps_request(Trigger::Kubelet, true));
+        assert!(!keeps_request(Trigger::Kubelet, false));
+        assert!(!keeps_request(Trigger::Refresh, true));
+    }
+
+    /// Each row: the poll interval, then (seconds since t0, event) in order, where the event is
+    /// a check of `due` with its expected answer, an attempt, or an unpublish.
+    #[test]
+    fn rotation_schedule_table() {
+        enum Step {
+            Due(bool),
+            Attempt,
+            Forget,
+        }
+        use Step::{Attempt, Due, Forget};
+        type Row = (&'static str, Option<u64>, Vec<(u64, Step)>);
+        let rows: Vec<Row> = vec![
+            (
+                "never fetched by this process: due at once",
+                Some(120),
+                vec![(0, Due(true))],
+            ),
+            (
+                "not due before the interval, due at it",
+                Some(120),
+                vec![
+                    (0, Attempt),
+                    (1, Due(false)),
+                    (119, Due(false)),
+                    (120, Due(true)),
+                ],
+            ),
+            (
+                "measured from the last attempt, not the first",
+                Some(120),
+                vec![
+                    (0, Attempt),
+                    (130, Attempt),
+                    (200, Due(false)),
+                    (250, Due(true)),
+                ],
+            ),
+            (
+                "an unpublished volume is due again at once",
+                Some(120),
+                vec![(0, Attempt), (10, Forget), (10, Due(true))],
+            ),
+            (
+                "without an interval every republish fetches",
+                None,
+                vec![(0, Attempt), (0, Due(true)), (1, Due(true))],
+            ),
+        ];
+        let target = Path::new("/pods/a/volumes/kubernetes.io~csi/v/mount");
+        for (case, interval, steps) in rows {
+            let schedule = RotationSchedule::new(interval.map(Duration::from_secs));
+            let t0 = Instant::now();
+            for (at, step) in steps {
+                let now = t0 + Duration::from_secs(at);
+                match step {
+                    Due(want) => assert_eq!(schedule.due(target, now), want, "{case}: at {at}s"),
+                    Attempt => schedule.attempted(target, now),
+                    Forget => schedule.forget(target),
+                }
+            }
+            assert_eq!(
+                schedule.interval(),
+                interval.map(Duration::from_secs),
+                "{case}"
+            );
+        }
     }
 
     #[test]

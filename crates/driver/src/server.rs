@@ -4,18 +4,19 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use prometheus_client::registry::Registry;
 use secrets_store_api::csi::v1::identity_server::IdentityServer;
 use secrets_store_api::csi::v1::node_server::NodeServer;
 use secrets_store_api::registration::v1::registration_server::RegistrationServer;
 
 use crate::controller::ControllerServer;
 use crate::csi::{IdentityService, NodeGrpc, Readiness};
-use crate::metrics::Metrics;
 use crate::node::NodeService;
 use crate::registration::{RegistrationService, registration_socket};
 
@@ -61,6 +62,8 @@ pub struct ServeConfig {
     pub kubelet_dir: Option<PathBuf>,
     /// `/metrics` listen address, if any.
     pub metrics_addr: Option<SocketAddr>,
+    /// What `/metrics` serves: the binary's registry, every part's metrics registered in it.
+    pub metrics_registry: Arc<Registry>,
     /// `/healthz` listen address, if any.
     pub healthz_addr: Option<SocketAddr>,
     /// Largest gRPC message accepted, bytes.
@@ -136,7 +139,7 @@ pub async fn serve(
             config.metrics_addr,
             Router::new()
                 .route("/metrics", get(metrics))
-                .with_state(service.metrics().clone()),
+                .with_state(config.metrics_registry.clone()),
         ),
     ] {
         let Some(addr) = addr else { continue };
@@ -183,12 +186,14 @@ async fn healthz(State(readiness): State<Readiness>) -> (StatusCode, &'static st
     }
 }
 
-async fn metrics(State(metrics): State<Metrics>) -> ([(&'static str, &'static str); 1], String) {
+async fn metrics(
+    State(registry): State<Arc<Registry>>,
+) -> ([(&'static str, &'static str); 1], String) {
     (
         [(
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        metrics.encode(),
+        crate::metrics::encode(&registry),
     )
 }

@@ -328,8 +328,8 @@ impl Fetcher {
     async fn retrying<T, F, Fut>(
         &self,
         deadline: Instant,
-        service: &str,
-        operation: &str,
+        service: &'static str,
+        operation: &'static str,
         mut call: F,
     ) -> Result<T, Classified>
     where

@@ -1,8 +1,8 @@
 //! Issue 13, items 4(b) and 7 (the secret sync's part), played against a real apiserver and the
 //! real agent: a tenant who may label Secrets, write classes and race the agent's writes cannot
 //! exhaust its memory, make it write a Secret the API server fills with a token, or have it adopt
-//! a Secret of theirs; a malformed rollout key cannot crash it; and a restarted agent does not
-//! serve publishes from empty caches.
+//! a Secret of theirs; a forged pod status read by the drift reconciler copies nothing; a malformed
+//! rollout key cannot crash it; and a restarted agent does not serve publishes from empty caches.
 
 mod common;
 mod e2e;
@@ -11,6 +11,8 @@ mod e2e;
 mod memory;
 #[path = "adversarial_sync/race.rs"]
 mod race;
+#[path = "adversarial_sync/reconcile.rs"]
+mod reconcile;
 #[path = "adversarial_sync/restart.rs"]
 mod restart;
 #[path = "adversarial_sync/rollout_key.rs"]

@@ -8,7 +8,9 @@ mod files;
 mod hook;
 pub mod leader;
 pub mod lifetime;
+pub mod metrics;
 pub mod podless;
+pub mod reconciler;
 pub mod rollout;
 mod syncer;
 mod target;
@@ -16,5 +18,6 @@ pub mod tls;
 
 pub use files::VolumeFiles;
 pub use hook::SecretSyncHook;
-pub use syncer::{ClassLookup, SecretSync, SyncError, SyncReport, SyncRequest};
+pub use metrics::SyncMetrics;
+pub use syncer::{ClassLookup, SecretSync, SyncError, SyncReport, SyncRequest, SyncWatches};
 pub use target::{NodeVolumes, UntrustedTarget, VerifiedTarget};

@@ -127,37 +127,75 @@ mod tests {
         assert!(err.to_string().contains("\"forever\""), "{err}");
     }
 
+    /// Each row: a lifetime, the consumers as (controller uid, status uid), and the owner uids
+    /// the Secret must carry, in order.
     #[test]
-    fn workload_lifetime_owns_by_controllers_and_bare_pods_by_status() {
-        let consumers = [
-            consumer(Some(("rs-a", "u-rs-a")), "s1"),
-            consumer(Some(("rs-a", "u-rs-a")), "s2"),
-            consumer(Some(("rs-b", "u-rs-b")), "s3"),
-            consumer(None, "s4"),
-        ];
-        let refs = owner_references(SecretLifetime::Workload, &consumers);
-        let uids: Vec<_> = refs.iter().map(|r| r.uid.as_str()).collect();
-        assert_eq!(uids, ["s4", "u-rs-a", "u-rs-b"]);
-        assert!(
-            refs.iter()
-                .all(|r| r.controller.is_none() && r.block_owner_deletion.is_none())
+    fn owner_references_by_lifetime() {
+        type Row = (
+            &'static str,
+            SecretLifetime,
+            Vec<(Option<&'static str>, &'static str)>,
+            Vec<&'static str>,
         );
-    }
-
-    #[test]
-    fn pods_lifetime_owns_by_every_pod_status() {
-        let consumers = [
-            consumer(Some(("rs-a", "u-rs-a")), "s2"),
-            consumer(None, "s1"),
+        use SecretLifetime::{Pods, Retain, Workload};
+        let rows: Vec<Row> = vec![
+            ("no consumers", Workload, vec![], vec![]),
+            ("no consumers, pods", Pods, vec![], vec![]),
+            (
+                "workload: controllers, bare pods by status, sorted, once each",
+                Workload,
+                vec![
+                    (Some("u-rs-a"), "s1"),
+                    (Some("u-rs-a"), "s2"),
+                    (Some("u-rs-b"), "s3"),
+                    (None, "s4"),
+                ],
+                vec!["s4", "u-rs-a", "u-rs-b"],
+            ),
+            (
+                "workload: one controller for many pods",
+                Workload,
+                vec![(Some("rs"), "s1"), (Some("rs"), "s2"), (Some("rs"), "s3")],
+                vec!["rs"],
+            ),
+            (
+                "pods: every status, sorted, controllers ignored",
+                Pods,
+                vec![(Some("u-rs-a"), "s2"), (None, "s1"), (Some("u-rs-a"), "s3")],
+                vec!["s1", "s2", "s3"],
+            ),
+            (
+                "pods: the same status twice counts once",
+                Pods,
+                vec![(None, "s1"), (Some("rs"), "s1")],
+                vec!["s1"],
+            ),
+            (
+                "retain: no owners whatever the consumers",
+                Retain,
+                vec![(Some("u-rs-a"), "s1"), (None, "s2")],
+                vec![],
+            ),
         ];
-        let refs = owner_references(SecretLifetime::Pods, &consumers);
-        let uids: Vec<_> = refs.iter().map(|r| r.uid.as_str()).collect();
-        assert_eq!(uids, ["s1", "s2"]);
-    }
-
-    #[test]
-    fn retain_lifetime_has_no_owners() {
-        let consumers = [consumer(Some(("rs-a", "u-rs-a")), "s1")];
-        assert!(owner_references(SecretLifetime::Retain, &consumers).is_empty());
+        for (case, lifetime, consumers, want) in rows {
+            let consumers: Vec<Consumer> = consumers
+                .into_iter()
+                .map(|(controller, status)| consumer(controller.map(|uid| ("rs", uid)), status))
+                .collect();
+            let refs = owner_references(lifetime, &consumers);
+            let uids: Vec<&str> = refs.iter().map(|r| r.uid.as_str()).collect();
+            assert_eq!(uids, want, "{case}");
+            assert!(
+                refs.iter()
+                    .all(|r| r.controller.is_none() && r.block_owner_deletion.is_none()),
+                "{case}: no owner is a controller or blocks deletion"
+            );
+            let reversed: Vec<Consumer> = consumers.iter().rev().cloned().collect();
+            assert_eq!(
+                owner_references(lifetime, &reversed),
+                refs,
+                "{case}: the order of consumers does not matter"
+            );
+        }
     }
 }

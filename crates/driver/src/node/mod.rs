@@ -23,7 +23,9 @@ use crate::metrics::Metrics;
 use crate::mounter::{KubeletTarget, MountError, Mounter};
 use crate::providers::ProviderRegistry;
 use crate::refresh::Remembered;
-use crate::rotation::{ROTATION_COMPLETE_REASON, RotationSchedule};
+use crate::rotation::{
+    PublishPlan, ROTATION_COMPLETE_REASON, RotationSchedule, Trigger, keeps_request,
+};
 use crate::status::{PodEffects, pod_reference};
 use crate::volume_context::VolumeContext;
 use report::PublishReport;
@@ -61,16 +63,6 @@ impl std::fmt::Debug for PublishRequest {
 /// How long a publish may take by default: under kubelet's 2-minute CSI deadline, so kubelet gets
 /// our error (naming the cause) rather than its own.
 pub const DEFAULT_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
-
-/// Who asked for a publish.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Trigger {
-    /// kubelet, through `NodePublishVolume`.
-    Kubelet,
-    /// The agent's own rotation schedule ([`NodeService::refresh_mounted`]): only ever refreshes
-    /// a volume that is still mounted and still remembered.
-    Refresh,
-}
 
 /// Static settings of the node service.
 #[derive(Clone, Debug)]
@@ -209,7 +201,7 @@ impl NodeService {
         &self.inner.config
     }
 
-    /// The metrics (for the HTTP exporter).
+    /// The metrics this service counts into.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
@@ -223,8 +215,7 @@ impl NodeService {
     async fn publish_for(&self, req: PublishRequest, trigger: Trigger) -> Result<(), PublishError> {
         let mut report = PublishReport::new(&req.target_path);
         let result = self.publish_steps(&req, trigger, &mut report).await;
-        if result.is_ok() && trigger == Trigger::Kubelet && self.inner.rotation.interval().is_some()
-        {
+        if result.is_ok() && keeps_request(trigger, self.inner.rotation.interval().is_some()) {
             // Only kubelet's requests are kept: they carry the freshest tokens.
             self.inner
                 .remembered
@@ -282,8 +273,19 @@ impl NodeService {
         })
         .await?;
         let started = Instant::now();
-        if !self.needs_fill(&target, trigger, was_mounted, started) {
-            return Ok(());
+        let plan = PublishPlan::decide(
+            trigger,
+            was_mounted,
+            self.inner.remembered.contains(&target),
+            self.inner.rotation.due(&target, started),
+        );
+        match plan {
+            PublishPlan::Unpublished => return Ok(()),
+            PublishPlan::NotDue => {
+                tracing::debug!(target_path = %target.display(), "republish within the rotation poll interval; nothing to fetch");
+                return Ok(());
+            }
+            PublishPlan::FirstMount | PublishPlan::Refetch => {}
         }
         report.republish = was_mounted;
         let class = self.class(&ctx).await?;
@@ -308,7 +310,7 @@ impl NodeService {
             }
             () = guard.preempted() => Err(PublishError::Unpublished),
         };
-        if was_mounted || result.is_ok() {
+        if plan.starts_interval(result.is_ok()) {
             self.inner.rotation.attempted(&target, started);
         }
         match result {
@@ -368,20 +370,6 @@ impl NodeService {
             return Err(PublishError::NotReadOnly);
         }
         Ok((PathBuf::from(&req.target_path), ctx))
-    }
-
-    /// Whether this call must fetch and write: always for a first mount; for a mounted volume
-    /// only when its rotation is due; never for a refresh of a volume unpublished since the
-    /// refresh loop picked it (nothing is ever mounted back).
-    fn needs_fill(&self, target: &Path, trigger: Trigger, was_mounted: bool, now: Instant) -> bool {
-        if trigger == Trigger::Refresh && !(was_mounted && self.inner.remembered.contains(target)) {
-            return false;
-        }
-        if was_mounted && !self.inner.rotation.due(target, now) {
-            tracing::debug!(target_path = %target.display(), "republish within the rotation poll interval; nothing to fetch");
-            return false;
-        }
-        true
     }
 
     /// Counts a rotation that went through and, when the content changed, says so on the pod.

@@ -16,7 +16,12 @@ use secrets_store_driver::{
 use secrets_store_provider::grpc::client::{ClientConfig, ExternalProvider};
 use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig};
 use secrets_store_sync::rollout::Rollout;
-use secrets_store_sync::{NodeVolumes, SecretSync, SecretSyncHook};
+use secrets_store_sync::{NodeVolumes, SecretSync, SecretSyncHook, SyncMetrics, reconciler};
+
+/// Prefix of the AWS provider's metrics (`aws_provider_api_calls_total`, …).
+const AWS_PROVIDER_METRICS_PREFIX: &str = "aws_provider";
+/// Prefix of secret sync's metrics (`secret_sync_secrets_total`, …).
+const SYNC_METRICS_PREFIX: &str = "secret_sync";
 
 /// Flags of `secrets-store node` (names follow the upstream driver where it has one).
 #[derive(clap::Args, Debug, Clone)]
@@ -122,15 +127,24 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .context("building the Kubernetes client (in-cluster config or KUBECONFIG)")?;
 
+    // The binary owns the registry `/metrics` serves: the driver keeps upstream's unprefixed
+    // names at its root, every other part gets a sub-registry under its own prefix.
     let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
     let mut providers = ProviderRegistry::new(
         args.provider_volume.clone(),
         args.additional_provider_volume_paths.clone(),
     )
     .with_connector(Arc::new(external_connector(args.max_call_recv_msg_size)));
     if !args.no_aws_provider {
-        providers =
-            providers.with_builtin(Arc::new(aws_provider(&client, &args, &mut registry).await));
+        providers = providers.with_builtin(Arc::new(
+            aws_provider(
+                &client,
+                &args,
+                registry.sub_registry_with_prefix(AWS_PROVIDER_METRICS_PREFIX),
+            )
+            .await,
+        ));
     }
 
     tracing::info!(
@@ -149,7 +163,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         client.clone(),
         Mounter::new(args.tmpfs_size.clone()),
         providers,
-        Metrics::new(registry),
+        metrics,
         Vec::new(),
     );
     service = service
@@ -162,15 +176,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if args.enable_secret_sync {
         let node = NodeVolumes::new(&args.node_id, &args.kubelet_dir);
         let (sync, watches) = SecretSync::new(client.clone(), node, Arc::new(service.classes()));
-        tokio::spawn(watches);
         let sync = match args.rollout {
             NodeRollout::Node => sync.with_rollout(node_rollout(&client, &args)),
             NodeRollout::Off => sync,
         };
-        tokio::spawn(
-            sync.clone()
-                .run_reconciler(args.secret_reconcile_interval, reporter(&args.node_id)),
-        );
+        let sync = sync.with_metrics(SyncMetrics::register(
+            registry.sub_registry_with_prefix(SYNC_METRICS_PREFIX),
+        ));
+        // The watches fill the syncer's caches and trigger its drift reconciler.
+        tokio::spawn(watches.reconcile(reconciler::Context::new(
+            sync.clone(),
+            reporter(&args.node_id),
+            args.secret_reconcile_interval,
+        )));
         secret_sync = Some(sync.clone());
         service = service.with_hook(Arc::new(SecretSyncHook::new(sync)));
     }
@@ -198,6 +216,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         csi_socket: parse_endpoint(&args.endpoint),
         kubelet_dir: (!args.no_registration).then(|| args.kubelet_dir.clone()),
         metrics_addr: args.metrics_addr.0,
+        metrics_registry: Arc::new(registry),
         healthz_addr: args.healthz_addr.0,
         max_recv_msg_size: args.max_call_recv_msg_size,
     };
@@ -229,7 +248,7 @@ async fn await_secret_sync(sync: &SecretSync) {
     }
 }
 
-/// Builds the in-process AWS provider; its metrics go into `registry`.
+/// Builds the in-process AWS provider; its metrics go into `registry` (its sub-registry).
 async fn aws_provider(
     client: &kube::Client,
     args: &NodeArgs,

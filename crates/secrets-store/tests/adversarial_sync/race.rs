@@ -194,7 +194,7 @@ async fn a_secret_created_between_the_check_and_the_write_is_never_adopted() {
         NodeVolumes::new(node, dir.path()),
         Arc::new(NoClasses),
     );
-    let watches = tokio::spawn(watches);
+    let watches = tokio::spawn(watches.drive());
     tokio::time::timeout(WAIT, sync.ready())
         .await
         .expect("the syncer's watches listed");

@@ -2,30 +2,30 @@
 //! returns, so containers that read them through `secretKeyRef` start on the first try.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 
-use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
 use secrets_store_api::labels;
 use secrets_store_driver::mounter::MountTable;
 use secrets_store_provider::SecretBytes;
-use tokio::sync::Notify;
 
 use crate::consumers::{consumers_of, pod_status_owner};
 use crate::desired::DesiredSecretError;
 use crate::files::VolumeFiles;
 use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_references};
+use crate::metrics::{self, SyncMetrics};
 use crate::rollout::Rollout;
 use crate::target::{NodeVolumes, UntrustedTarget, VerifiedTarget};
+pub use watches::SyncWatches;
+use write::VerifiedVersions;
 pub(crate) use write::keep_version_only;
 pub(crate) use writer::SecretWriter;
 
-mod reconcile;
+mod watches;
 mod write;
 mod writer;
 
@@ -180,71 +180,58 @@ pub trait ClassLookup: Send + Sync {
 #[derive(Clone)]
 pub struct SecretSync {
     client: Client,
-    node: NodeVolumes,
+    pub(crate) node: NodeVolumes,
     statuses: Store<SecretProviderClassPodStatus>,
-    pods: Store<Pod>,
-    /// The write path shared with the pod-less sync (its watch of managed Secrets included).
-    writer: SecretWriter,
-    classes: Arc<dyn ClassLookup>,
-    secrets_changed: Arc<Notify>,
+    pub(crate) pods: Store<Pod>,
+    /// The write path shared with the pod-less sync; its view of the managed Secrets is the
+    /// watch in [`SyncWatches`], which also triggers the drift reconciler.
+    pub(crate) writer: SecretWriter,
+    pub(crate) classes: Arc<dyn ClassLookup>,
     rollout: Option<Rollout>,
-    /// Status objects the reconciler refused, by uid, with the resourceVersion it warned about:
-    /// one Event per version, not one per pass (passes follow every managed Secret's change).
-    refused: Arc<StdMutex<HashMap<String, String>>>,
+    metrics: SyncMetrics,
 }
 
 impl SecretSync {
-    /// Starts the watches this needs (this node's pods and pod statuses, and the metadata of the
-    /// Secrets that carry our managed label) and returns the syncer plus the future that drives
-    /// the watches.
+    /// Sets up the watches this needs (this node's pods and pod statuses, and the metadata of the
+    /// Secrets that carry our managed label) and returns the syncer plus the watches, which
+    /// fill its caches once driven ([`SyncWatches::drive`], or with the drift reconciler
+    /// [`SyncWatches::reconcile`]).
     pub fn new(
         client: Client,
         node: NodeVolumes,
         classes: Arc<dyn ClassLookup>,
-    ) -> (Self, BoxFuture<'static, ()>) {
+    ) -> (Self, SyncWatches) {
         let node_name = node.node_name().to_string();
-        let node_label = format!("{}={node_name}", labels::NODE_NAME);
-        let (statuses, status_writer) = reflector::store();
-        let (pods, pod_writer) = reflector::store();
-        let status_stream = reflector::reflector(
-            status_writer,
-            watcher(
-                Api::<SecretProviderClassPodStatus>::all(client.clone()),
-                watcher::Config::default().labels(&node_label),
-            ),
-        );
-        let pod_stream = reflector::reflector(
-            pod_writer,
-            watcher(
-                Api::<Pod>::all(client.clone()),
-                watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
-            ),
-        );
-        // Every change to a managed Secret wakes the drift reconciler.
-        let secrets_changed = Arc::new(Notify::new());
-        let (writer, secret_watch) = SecretWriter::new(
+        let verified = VerifiedVersions::new();
+        let (watches, stores) = SyncWatches::new(&client, &node_name, verified.clone());
+        let writer = SecretWriter::with_watch(
             client.clone(),
             format!("secrets-store-rs/{node_name}"),
-            secrets_changed.clone(),
+            stores.secrets,
+            verified,
         );
-        let drive = async move {
-            let s = status_stream.default_backoff().for_each(|_| async {});
-            let p = pod_stream.default_backoff().for_each(|_| async {});
-            futures::join!(s, p, secret_watch);
-        }
-        .boxed();
         let sync = Self {
             client,
             node,
-            statuses,
-            pods,
+            statuses: stores.statuses,
+            pods: stores.pods,
             writer,
             classes,
-            secrets_changed,
             rollout: None,
-            refused: Arc::default(),
+            metrics: SyncMetrics::default(),
         };
-        (sync, drive)
+        (sync, watches)
+    }
+
+    /// Counts sync outcomes and rollouts in `metrics` (registered by the binary).
+    pub fn with_metrics(mut self, metrics: SyncMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The counters this syncer counts into.
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
     }
 
     /// Rolls opted-in workloads whenever this syncer changes a Secret's data, on a mount or in
@@ -286,6 +273,7 @@ impl SecretSync {
             .writer
             .write_class(volume.class, volume.files, owners)
             .await;
+        self.metrics.secrets(&report, first_error.as_ref());
         self.roll_out(&namespace, &report.data_changed).await;
         match first_error {
             Some(e) => Err(e),
@@ -302,10 +290,16 @@ impl SecretSync {
         for (secret, data) in changed {
             match rollout.secret_changed(namespace, secret, data).await {
                 Ok(patched) if !patched.is_empty() => {
+                    for _ in &patched {
+                        self.metrics.rollout(metrics::ROLLED);
+                    }
                     tracing::info!(%namespace, %secret, workloads = ?patched, "rolling workloads after Secret change");
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "rollout after Secret change failed"),
+                Err(e) => {
+                    self.metrics.rollout(metrics::ROLLOUT_FAILED);
+                    tracing::warn!(error = %e, "rollout after Secret change failed");
+                }
             }
         }
     }

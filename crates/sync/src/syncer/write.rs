@@ -129,6 +129,12 @@ impl VerifiedVersions {
         );
     }
 
+    /// Forgets Secret `namespace/name` (deleted, or no longer labelled).
+    pub(super) fn forget(&self, namespace: &str, name: &str) {
+        self.lock()
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
     /// Forgets Secrets the watch no longer has (deleted, or no longer labelled).
     pub(super) fn retain_watched(&self, watched: &SecretVersions) {
         self.lock()

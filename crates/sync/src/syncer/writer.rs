@@ -41,8 +41,8 @@ pub(crate) struct SecretWriter {
 }
 
 impl SecretWriter {
-    /// A writer applying as `field_manager`, and the future that drives its watch of the managed
-    /// Secrets' metadata; every change to one notifies `changed`.
+    /// A writer applying as `field_manager`, and the future that drives its own watch of the
+    /// managed Secrets' metadata; every change to one notifies `changed`.
     pub(crate) fn new(
         client: Client,
         field_manager: String,
@@ -62,31 +62,48 @@ impl SecretWriter {
             )
             .modify(keep_version_only),
         );
+        let verified = VerifiedVersions::new();
+        let (watched, forget) = (secrets.clone(), verified.clone());
         let drive = secret_stream
             .default_backoff()
-            .for_each(move |_| {
+            .for_each(move |event| {
+                match &event {
+                    Ok(watcher::Event::Delete(secret)) => {
+                        forget.forget(&secret.namespace().unwrap_or_default(), &secret.name_any())
+                    }
+                    // A re-list reports no deletions: keep only what it found.
+                    Ok(watcher::Event::InitDone) => forget.retain_watched(&watched),
+                    _ => {}
+                }
                 changed.notify_one();
                 async {}
             })
             .boxed();
-        let writer = Self {
+        let writer = Self::with_watch(client, field_manager, secrets, verified);
+        (writer, drive)
+    }
+
+    /// A writer applying as `field_manager` over a watch of the managed Secrets' metadata that
+    /// the caller drives (the node agent's, which also triggers its drift reconciler); `verified`
+    /// is kept in step with that watch by the caller.
+    pub(super) fn with_watch(
+        client: Client,
+        field_manager: String,
+        secrets: SecretVersions,
+        verified: VerifiedVersions,
+    ) -> Self {
+        Self {
             client,
             field_manager,
             secrets,
-            verified: VerifiedVersions::new(),
+            verified,
             locks: Arc::default(),
-        };
-        (writer, drive)
+        }
     }
 
     /// Waits until the watch of managed Secrets has listed once.
     pub(crate) async fn ready(&self) {
         let _ = self.secrets.wait_until_ready().await;
-    }
-
-    /// Forgets what was verified about Secrets the watch no longer has.
-    pub(crate) fn forget_unwatched(&self) {
-        self.verified.retain_watched(&self.secrets);
     }
 
     /// Creates or updates every Secret of `class.spec.secretObjects` in the class's namespace
