@@ -399,7 +399,7 @@ async fn admission_confines_the_controllers_tokens_and_secret_writes() {
         secrets
             .create(&pp, &secret("unmanaged", BTreeMap::new()))
             .await,
-        "podless-managed-secrets",
+        "synced-secrets",
         "creating an unmanaged Secret",
     );
     secrets
@@ -418,7 +418,7 @@ async fn admission_confines_the_controllers_tokens_and_secret_writes() {
                 &Patch::Merge(serde_json::json!({"metadata": {"labels": {MANAGED: "true"}}})),
             )
             .await,
-        "podless-managed-secrets",
+        "synced-secrets",
         "adopting a user's Secret by labelling it",
     );
     assert_refused_by(
@@ -429,7 +429,18 @@ async fn admission_confines_the_controllers_tokens_and_secret_writes() {
                 &Patch::Merge(serde_json::json!({"metadata": {"labels": {MANAGED: null}}})),
             )
             .await,
-        "podless-managed-secrets",
+        "synced-secrets",
         "dropping the managed label",
+    );
+    let mut token_secret = secret("sa-token", managed.clone());
+    token_secret.type_ = Some("kubernetes.io/service-account-token".into());
+    token_secret.metadata.annotations = Some(BTreeMap::from([(
+        "kubernetes.io/service-account.name".to_string(),
+        "opted".to_string(),
+    )]));
+    assert_refused_by(
+        secrets.create(&pp, &token_secret).await,
+        "synced-secrets",
+        "a managed Secret the token controller would fill with a token",
     );
 }

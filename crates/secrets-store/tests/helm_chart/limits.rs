@@ -75,6 +75,80 @@ pub async fn agent_cannot_delete_or_replace_secrets(agent: &Client, admin: &Clie
     );
 }
 
+/// With sync: everything RBAC lets the agent write to Secrets (create and patch, cluster-wide)
+/// is confined by the chart's `synced-secrets` policy to managed Secrets of a type sync allows.
+/// A compromised node cannot mint a service-account-token Secret (the token controller would
+/// fill it), write an unmanaged Secret, or adopt a user's by labelling it.
+pub async fn agent_writes_only_managed_syncable_secrets(agent: &Client, admin: &Client, ns: &str) {
+    const POLICY: &str = "synced-secrets";
+    let secrets: Api<Secret> = Api::namespaced(agent.clone(), ns);
+    let pp = PostParams::default();
+    let secret = |name: &str, managed: bool, type_: &str| -> Secret {
+        let labels = if managed {
+            serde_json::json!({"secrets-store.csi.k8s.io/managed": "true"})
+        } else {
+            serde_json::json!({})
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels,
+                "annotations": {"kubernetes.io/service-account.name": "default"}},
+            "type": type_,
+        }))
+        .unwrap()
+    };
+    // Policies reach the admission chain asynchronously: wait for the first refusal.
+    eventually(
+        Duration::from_secs(30),
+        "the synced-secrets policy in force",
+        || async {
+            match secrets.create(&pp, &secret("probe", false, "Opaque")).await {
+                Ok(_) => {
+                    let _ = Api::<Secret>::namespaced(admin.clone(), ns)
+                        .delete("probe", &DeleteParams::default())
+                        .await;
+                    None
+                }
+                Err(_) => Some(()),
+            }
+        },
+    )
+    .await;
+    assert_refused(
+        secrets.create(&pp, &secret("plain", false, "Opaque")).await,
+        POLICY,
+        "the agent creating an unmanaged Secret",
+    );
+    assert_refused(
+        secrets
+            .create(
+                &pp,
+                &secret("token", true, "kubernetes.io/service-account-token"),
+            )
+            .await,
+        POLICY,
+        "the agent creating a service-account-token Secret",
+    );
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .create(&pp, &secret("users", false, "Opaque"))
+        .await
+        .unwrap();
+    assert_refused(
+        secrets
+            .patch(
+                "users",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"labels": {"secrets-store.csi.k8s.io/managed": "true"}}})),
+            )
+            .await,
+        POLICY,
+        "the agent adopting a user's Secret by labelling it",
+    );
+    secrets
+        .create(&pp, &secret("synced-by-agent", true, "Opaque"))
+        .await
+        .expect("a managed Opaque Secret is what the agent writes");
+}
+
 /// A managed Secret `name` in `ns`, created by the admin.
 async fn managed_secret(admin: &Client, ns: &str, name: &str) -> Secret {
     let secret: Secret = serde_json::from_value(serde_json::json!({

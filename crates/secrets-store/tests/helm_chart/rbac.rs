@@ -355,6 +355,7 @@ async fn helm_install_creates_driver_and_least_privilege_rbac() {
     assert_eq!(rules_in(&agent, &workload_ns).await, sync_rules());
     assert_never(&agent, &workload_ns).await;
     limits::agent_cannot_delete_or_replace_secrets(&agent, &admin, &workload_ns).await;
+    limits::agent_writes_only_managed_syncable_secrets(&agent, &admin, &workload_ns).await;
     limits::can_only_roll_workloads(&agent, &admin, &workload_ns).await;
     // The rollout key: get by name and create in the agent's own namespace.
     let own = rules_in(&agent, &ns).await;

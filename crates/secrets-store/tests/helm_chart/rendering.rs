@@ -148,20 +148,25 @@ fn admission_policies_render_as_configured() {
     };
     let statuses = "secrets-store-rs-pod-status-writers";
     let rollout = "secrets-store-rs-rollout-only";
+    let secrets = "secrets-store-rs-synced-secrets";
     assert_eq!(policies(&[]), [statuses]);
-    assert_eq!(policies(&["syncSecret.enabled=true"]), [statuses, rollout]);
+    assert_eq!(
+        policies(&["syncSecret.enabled=true"]),
+        [statuses, rollout, secrets]
+    );
     assert_eq!(
         policies(&[
             "syncSecret.enabled=true",
             "admissionPolicies.podStatuses=false"
         ]),
-        [rollout]
+        [rollout, secrets]
     );
     assert!(
         policies(&[
             "syncSecret.enabled=true",
             "admissionPolicies.podStatuses=false",
-            "admissionPolicies.workloads=false"
+            "admissionPolicies.workloads=false",
+            "admissionPolicies.secrets=false"
         ])
         .is_empty()
     );
@@ -171,7 +176,7 @@ fn admission_policies_render_as_configured() {
     let controller = "secrets-store-rs-controller-secrets";
     assert_eq!(
         policies(&["syncSecret.enabled=true", "controller.enabled=true"]),
-        [statuses, rollout, controller]
+        [statuses, rollout, controller, secrets]
     );
     assert_eq!(
         policies(&["controller.enabled=true"]),
@@ -179,7 +184,7 @@ fn admission_policies_render_as_configured() {
     );
     assert_eq!(
         policies(&["syncSecret.enabled=true", "nodeRollout=false"]),
-        [statuses]
+        [statuses, secrets]
     );
     assert_eq!(
         policies(&[
@@ -188,11 +193,13 @@ fn admission_policies_render_as_configured() {
         ]),
         [statuses]
     );
-    // Pod-less sync: its three policies only with the controller and the feature both on.
+    // Pod-less sync: its token policies only with the controller and the feature both on, and
+    // then the synced-secrets policy confines the controller's Secret writes (the
+    // controller-secrets one, which allows no data change, does not apply: it writes data).
     let podless = [
         "secrets-store-rs-podless-token-subjects",
         "secrets-store-rs-podless-token-audience",
-        "secrets-store-rs-podless-managed-secrets",
+        secrets,
     ];
     for sets in [
         &["controller.podlessSync.enabled=true"][..],
@@ -218,16 +225,17 @@ fn admission_policies_render_as_configured() {
     assert_eq!(
         out.matches(r#""system:serviceaccount:kube-system:secrets-store-rs-controller""#)
             .count(),
-        // The three pod-less policies, and the controller's own two (rollout-only, Secrets).
-        5,
+        // The two token policies, synced-secrets and rollout-only.
+        4,
         "{out}"
     );
-    // Each names the release's ServiceAccount as the agent.
+    // Each names the release's ServiceAccount as the agent (status writers, rollout-only,
+    // synced-secrets).
     let out = render(&["syncSecret.enabled=true"]);
     assert_eq!(
         out.matches(r#""system:serviceaccount:kube-system:secrets-store-rs""#)
             .count(),
-        2,
+        3,
         "{out}"
     );
 }
