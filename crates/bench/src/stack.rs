@@ -106,7 +106,7 @@ struct OursLaunch {
 enum Processes {
     Ours(Proc),
     UpstreamDriver(UpstreamDriver, OurAwsProvider),
-    UpstreamPair(UpstreamDriver, Ascp),
+    UpstreamPair(UpstreamDriver, Box<Ascp>),
 }
 
 impl RunningStack {
@@ -370,7 +370,7 @@ async fn start_upstream_pair(
         socket: driver.socket().to_path_buf(),
         kubelet_root: root,
         aws,
-        processes: Processes::UpstreamPair(driver, ascp),
+        processes: Processes::UpstreamPair(driver, Box::new(ascp)),
         ours_launch: None,
         _dir: dir,
     })
