@@ -40,8 +40,8 @@ struct Args {
     /// milliseconds. Back to back, the upstream driver's client-go limiter (20 requests/s, burst
     /// 30) throttles its pod-status writes after ~15 cycles and its p50 becomes the limiter's
     /// ~80 ms. ASCP's limiter at its chart's limits (5/s, burst 10; 3 GETs per mount) still paces
-    /// the pair at 150 ms; at 1000 ms its bucket refills between rounds.
-    #[arg(long, default_value_t = 150)]
+    /// the pair at 150 ms; at 1000 ms its bucket refills between rounds, as for a single mount.
+    #[arg(long, default_value_t = 1000)]
     pause_ms: u64,
     /// Pods in the burst.
     #[arg(long, default_value_t = 100)]
