@@ -1,5 +1,6 @@
 //! Scenario 1: warm single-mount latency of `NodePublishVolume` as kubelet sends it, and the
-//! physical floor (tmpfs mount + unmount and one GetSecretValue round trip) measured alone.
+//! floor of a publish (tmpfs mount + unmount, one GetSecretValue round trip, one pod-status
+//! create in the API server) measured alone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use secrets_store_api::crd::{SecretProviderClassPodStatus, SecretProviderClassPodStatusStatus};
 use secrets_store_api::csi::v1::node_client::NodeClient;
 use secrets_store_api::csi::v1::volume_capability::access_mode::Mode;
 use secrets_store_api::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume};
@@ -108,12 +110,23 @@ impl SingleMount {
 
     /// Publishes (timed) and unpublishes (not timed) once.
     pub async fn cycle(&mut self) -> anyhow::Result<Duration> {
+        let took = self.publish().await?;
+        self.unpublish().await?;
+        Ok(took)
+    }
+
+    /// Sends the `NodePublishVolume` and returns how long the stack took to answer it.
+    pub async fn publish(&mut self) -> anyhow::Result<Duration> {
         let start = Instant::now();
         self.client
             .node_publish_volume(self.request.clone())
             .await
             .map_err(|s| anyhow::anyhow!("NodePublishVolume: {} {}", s.code(), s.message()))?;
-        let took = start.elapsed();
+        Ok(start.elapsed())
+    }
+
+    /// Sends the `NodeUnpublishVolume` for the volume.
+    pub async fn unpublish(&mut self) -> anyhow::Result<()> {
         self.client
             .node_unpublish_volume(NodeUnpublishVolumeRequest {
                 volume_id: self.request.volume_id.clone(),
@@ -121,19 +134,36 @@ impl SingleMount {
             })
             .await
             .map_err(|s| anyhow::anyhow!("NodeUnpublishVolume: {} {}", s.code(), s.message()))?;
-        Ok(took)
+        Ok(())
     }
 }
 
-/// The floor of one publish: mount + unmount a tmpfs on a fresh dir, then one GetSecretValue
-/// through the same endpoint the stacks use. Returns one sample per iteration.
+/// The floor's samples: each publish-equivalent in total and by part.
+#[derive(Debug, Clone, Default)]
+pub struct Floor {
+    /// mount + umount + GetSecretValue + pod-status create, one per iteration.
+    pub total: Vec<Duration>,
+    /// tmpfs mount + umount.
+    pub mount: Vec<Duration>,
+    /// One GetSecretValue.
+    pub aws: Vec<Duration>,
+    /// One `SecretProviderClassPodStatus` create.
+    pub api_write: Vec<Duration>,
+}
+
+/// The floor of one publish, what any driver must do for it: mount + unmount a tmpfs on a fresh
+/// dir, one GetSecretValue through the same endpoint the stacks use, and one API-server write
+/// (the create of a `SecretProviderClassPodStatus`, as a publish records the pod's status), one
+/// after the other. Each status object is deleted again untimed.
 pub async fn floor(
     cluster: &Cluster,
     tenant: &Tenant,
     endpoint: &str,
     iterations: usize,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Floor> {
     let sm = cluster.moto().sm_client_at(endpoint, &tenant.account);
+    let statuses: Api<SecretProviderClassPodStatus> =
+        Api::namespaced(cluster.client(), &tenant.namespace);
     let scratch = tempfile::tempdir()?;
     let secret = tenant.secrets[0].clone();
     let get = || async {
@@ -144,9 +174,31 @@ pub async fn floor(
             .map(|_| ())
             .map_err(|e| anyhow::anyhow!("GetSecretValue: {e}"))
     };
-    // Warm-up: the SDK resolves its config and endpoint on the first call.
+    let status = |i: usize| {
+        SecretProviderClassPodStatus::for_pod(
+            &tenant.namespace,
+            SecretProviderClassPodStatusStatus {
+                pod_name: format!("floor-{i}"),
+                secret_provider_class_name: CLASS.into(),
+                mounted: true,
+                target_path: format!("/floor/{i}"),
+                objects: Vec::new(),
+            },
+        )
+    };
+    // Warm-up: the SDK resolves its config and endpoint on the first call; the API client
+    // opens its connection.
     get().await?;
-    let mut samples = Vec::with_capacity(iterations);
+    let warm = statuses
+        .create(&PostParams::default(), &status(usize::MAX))
+        .await?;
+    statuses
+        .delete(
+            &warm.metadata.name.unwrap_or_default(),
+            &DeleteParams::default(),
+        )
+        .await?;
+    let mut floor = Floor::default();
     for i in 0..iterations {
         let dir: PathBuf = scratch.path().join(format!("m{i}"));
         std::fs::create_dir(&dir)?;
@@ -159,8 +211,21 @@ pub async fn floor(
             Some("size=16m"),
         )?;
         umount2(&dir, MntFlags::empty())?;
+        let mounted = Instant::now();
         get().await?;
-        samples.push(start.elapsed());
+        let fetched = Instant::now();
+        let created = statuses.create(&PostParams::default(), &status(i)).await?;
+        let written = Instant::now();
+        floor.mount.push(mounted - start);
+        floor.aws.push(fetched - mounted);
+        floor.api_write.push(written - fetched);
+        floor.total.push(written - start);
+        statuses
+            .delete(
+                &created.metadata.name.unwrap_or_default(),
+                &DeleteParams::default(),
+            )
+            .await?;
     }
-    Ok(samples)
+    Ok(floor)
 }

@@ -1,5 +1,5 @@
-//! Scenarios 2, 3 and 5: a burst of pods through the kubelet simulator, steady rotation of the
-//! same pods, and a cluster filled with unrelated objects.
+//! Scenarios 2, 3 and 5: a burst of publishes straight at a stack's socket, steady rotation of
+//! the same pods through the kubelet simulator, and a cluster filled with unrelated objects.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use secrets_store_testenv::Cluster;
 use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
 
 use crate::fixtures::{self, DRIVER, Tenant};
+use crate::latency::SingleMount;
 use crate::procfs;
 use crate::stack::RunningStack;
 
@@ -36,7 +37,6 @@ pub struct Counters {
 /// The counters at the start of a span of a scenario; [`Span::finish`] gives the deltas.
 pub struct Span<'a> {
     cluster: &'a Cluster,
-    stack: &'a RunningStack,
     aws: BTreeMap<String, u64>,
     api_requests: f64,
     audit_offset: u64,
@@ -45,10 +45,9 @@ pub struct Span<'a> {
 
 impl<'a> Span<'a> {
     /// Reads the counters now.
-    pub async fn start(cluster: &'a Cluster, stack: &'a RunningStack) -> anyhow::Result<Self> {
+    pub async fn start(cluster: &'a Cluster, stack: &RunningStack) -> anyhow::Result<Self> {
         Ok(Self {
             cluster,
-            stack,
             aws: stack.aws.calls(),
             api_requests: fixtures::apiserver_requests(cluster).await?,
             audit_offset: fixtures::audit_log_len(cluster),
@@ -56,15 +55,20 @@ impl<'a> Span<'a> {
         })
     }
 
-    /// The counts since [`Span::start`].
-    pub async fn finish(self) -> anyhow::Result<Counters> {
+    /// The stack's processes were restarted: their CPU time counts from zero again.
+    pub fn restarted(&mut self) {
+        self.cpu = Duration::ZERO;
+    }
+
+    /// The counts of `stack` (the one the span was started for) since [`Span::start`].
+    pub async fn finish(self, stack: &RunningStack) -> anyhow::Result<Counters> {
         let api_requests = fixtures::apiserver_requests(self.cluster).await?;
-        let cpu = procfs::cpu_time_sum(&self.stack.pids())?;
+        let cpu = procfs::cpu_time_sum(&stack.pids())?;
         Ok(Counters {
-            aws: calls_delta(&self.aws, &self.stack.aws.calls()),
+            aws: calls_delta(&self.aws, &stack.aws.calls()),
             api_requests: api_requests - self.api_requests,
             stack_api: fixtures::audited_requests(self.cluster, self.audit_offset, |agent| {
-                self.stack.kind.owns_user_agent(agent)
+                stack.kind.owns_user_agent(agent)
             })?,
             cpu: cpu.saturating_sub(self.cpu),
             publishes: 0,
@@ -120,11 +124,20 @@ pub fn calls_delta(
 /// Result of the burst.
 #[derive(Debug, Clone)]
 pub struct Burst {
-    /// From the first pod created until every volume is published.
+    /// From the first `NodePublishVolume` sent until the last one answered.
     pub wall: Duration,
+    /// Each publish's own latency, in the order they were sent.
+    pub latencies: Vec<Duration>,
     /// Counters over the same span.
     pub counters: Counters,
+    /// The first publish of one pod in another fresh namespace, alone.
+    pub first_in_namespace: Duration,
+    /// The median of that pod's next [`WARM_AFTER_FIRST`] publishes (same namespace, warm).
+    pub warm_after_first: Duration,
 }
+
+/// Publishes of the fresh-namespace pod after its first, for the warm figure next to it.
+pub const WARM_AFTER_FIRST: usize = 5;
 
 /// A kubelet simulator for the tenant's namespace talking to `stack`'s socket directly.
 pub fn kubelet(
@@ -142,7 +155,11 @@ pub fn kubelet(
     KubeletSim::start(cluster.client(), config)
 }
 
-async fn wait_published(sim: &KubeletSim, n: usize, stack: &RunningStack) -> anyhow::Result<()> {
+pub(crate) async fn wait_published(
+    sim: &KubeletSim,
+    n: usize,
+    stack: &RunningStack,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while sim.published().len() < n {
         stack.check_running()?;
@@ -164,39 +181,72 @@ async fn wait_published(sim: &KubeletSim, n: usize, stack: &RunningStack) -> any
     Ok(())
 }
 
-/// Scenario 2: creates `pods` pods at once and waits until the simulator published them all.
-/// The simulator is returned still running (republish period: one hour, i.e. never here).
+/// Scenario 2: `pods` pods of `tenant` (a fresh namespace) are created and kubelet's requests
+/// for their volumes built (pod info, a bound token each) before the clock starts; then every
+/// `NodePublishVolume` goes to the stack's socket at once, each on its own connection, as
+/// kubelet's volume manager sends them when pods land together. The clock stops at the last
+/// answer. Before that, `first_tenant` (another fresh namespace) gets one pod whose first publish
+/// is timed alone, then [`WARM_AFTER_FIRST`] more, `pause` apart. Returns the mounts still
+/// published.
 pub async fn burst(
     cluster: &Cluster,
     stack: &RunningStack,
     tenant: &Tenant,
+    first_tenant: &Tenant,
     pods: usize,
-) -> anyhow::Result<(Burst, KubeletSim)> {
-    let sim = kubelet(cluster, stack, tenant, Duration::from_secs(3600));
-    let api: Api<Pod> = Api::namespaced(cluster.client(), &tenant.namespace);
+    pause: Duration,
+) -> anyhow::Result<(Burst, Vec<SingleMount>)> {
+    let mut first = SingleMount::new(cluster, first_tenant, stack, "first-0").await?;
+    let first_in_namespace = first.publish().await?;
+    first.unpublish().await?;
+    let mut warm = Vec::new();
+    for _ in 0..WARM_AFTER_FIRST {
+        // Paced like scenario 1, so that the warm publishes fetch too (the cache TTL is short).
+        tokio::time::sleep(pause).await;
+        warm.push(first.cycle().await?);
+    }
+    let warm_after_first = crate::report::percentile(&warm, 50.0);
+
+    let mut mounts: Vec<SingleMount> =
+        stream::iter(0..pods)
+            .map(|i| async move {
+                SingleMount::new(cluster, tenant, stack, &format!("burst-{i}")).await
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
     let span = Span::start(cluster, stack).await?;
     let start = Instant::now();
-    stream::iter(0..pods)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                let pod = fixtures::pod(&format!("burst-{i}"), cluster.node_name())?;
-                api.create(&PostParams::default(), &pod).await?;
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await?;
-    wait_published(&sim, pods, stack).await?;
+    let latencies = futures::future::try_join_all(mounts.iter_mut().map(|m| m.publish())).await?;
     let wall = start.elapsed();
     Ok((
         Burst {
             wall,
-            counters: span.finish().await?,
+            latencies,
+            counters: span.finish(stack).await?,
+            first_in_namespace,
+            warm_after_first,
         },
-        sim,
+        mounts,
     ))
+}
+
+/// Unpublishes the burst's volumes (16 at a time), so that no mount outlives the scenario.
+pub async fn unpublish_all(mounts: Vec<SingleMount>) -> anyhow::Result<()> {
+    stream::iter(mounts)
+        .map(|mut m| async move { m.unpublish().await })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// Deletes every pod of the tenant (no simulator is publishing them).
+pub async fn delete_pods(cluster: &Cluster, tenant: &Tenant) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::namespaced(cluster.client(), &tenant.namespace);
+    api.delete_collection(&DeleteParams::default(), &Default::default())
+        .await?;
+    Ok(())
 }
 
 /// Scenario 3: the burst's pods republished every `republish` for `run`, after the new
@@ -215,7 +265,7 @@ pub async fn rotation(
     let published_before = publishes(&sim);
     tokio::time::sleep(run).await;
     stack.check_running()?;
-    let mut counters = span.finish().await?;
+    let mut counters = span.finish(stack).await?;
     counters.publishes = publishes(&sim) - published_before;
     clear(cluster, &sim, tenant).await?;
     Ok(counters)

@@ -2,6 +2,7 @@
 //! are installed) on the real test cluster, prints a markdown table and optionally writes
 //! `BENCHMARKS.md` and `docs/bench/bench.png`. See `BENCHMARKS.md` for the method.
 
+mod cold_node;
 mod fixtures;
 mod latency;
 mod load;
@@ -27,13 +28,21 @@ use crate::stack::{RunningStack, StackConfig, StackKind};
 #[command(version, about)]
 struct Args {
     /// Scenarios to run (3 needs 2's pods, so it runs 2 too; 4 and 6 ride along with 2 and 3).
-    /// 7 is the real node (kubelet + containerd): it runs last, on its own, and `--scenarios 7
-    /// --write .` replaces only its part of BENCHMARKS.md's generated block.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
+    /// 8 is the cold node (the stack restarts under mounted volumes). 7 is the real node
+    /// (kubelet + containerd): it runs last, on its own, and `--scenarios 7 --write .` replaces
+    /// only its part of BENCHMARKS.md's generated block.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
     scenarios: Vec<u8>,
     /// Timed publishes per stack in scenario 1 (and floor samples).
     #[arg(long, default_value_t = 200)]
     iterations: usize,
+    /// Untimed pause between scenario 1's rounds (and the first-publish pod's warm publishes),
+    /// milliseconds. Back to back, the upstream driver's client-go limiter (20 requests/s, burst
+    /// 30) throttles its pod-status writes after ~15 cycles and its p50 becomes the limiter's
+    /// ~80 ms. ASCP's limiter at its chart's limits (5/s, burst 10; 3 GETs per mount) still paces
+    /// the pair at 150 ms; at 1000 ms its bucket refills between rounds, as for a single mount.
+    #[arg(long, default_value_t = 1000)]
+    pause_ms: u64,
     /// Pods in the burst.
     #[arg(long, default_value_t = 100)]
     pods: usize,
@@ -43,6 +52,9 @@ struct Args {
     /// Real seconds of steady rotation (poll 2 s, republish 1 s: 60× the charts' 2m / 60 s).
     #[arg(long, default_value_t = 60)]
     rotation_seconds: u64,
+    /// Mounted volumes (one per pod) when scenario 8 restarts the stack.
+    #[arg(long, default_value_t = 100)]
+    cold_pods: usize,
     /// Unrelated Secrets created for scenario 5.
     #[arg(long, default_value_t = 10_000)]
     fill_secrets: usize,
@@ -54,7 +66,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "ours,upstream-driver,upstream-pair"
+        default_value = "ours,upstream-driver,upstream-pair,upstream-pair-unlimited"
     )]
     stacks: Vec<StackKind>,
     /// Scenario 7: timed seed Deployment starts per stack (after one untimed warm-up start).
@@ -76,10 +88,7 @@ struct Args {
 
 /// Time scale of scenario 3: poll 2 s instead of 2 min, republish 1 s instead of 60 s.
 const TIME_SCALE: f64 = 60.0;
-/// Untimed pause between scenario 1's rounds. Back to back, the upstream driver's client-go
-/// rate limiter (20 requests/s, burst 30) throttles its pod-status writes after ~15 cycles and
-/// its p50 becomes the limiter's ~80 ms: that measures a loop no kubelet runs, not one mount.
-const SINGLE_MOUNT_PAUSE: Duration = Duration::from_millis(150);
+
 /// The charts' AWS provider cache TTL, scaled by [`TIME_SCALE`] for the run.
 const CHART_CACHE_TTL_SECONDS: f64 = 5.0;
 /// Publishes before timing starts, so connections and caches are warm.
@@ -90,7 +99,7 @@ struct ClusterRun {
     table: String,
     results: Vec<StackResults>,
     kinds: Vec<StackKind>,
-    floor: Vec<Duration>,
+    floor: latency::Floor,
     skipped: Vec<(StackKind, String)>,
 }
 
@@ -98,7 +107,7 @@ struct ClusterRun {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let cluster = Cluster::shared();
-    let cluster_run = if args.scenarios.iter().any(|n| (1..=6).contains(n)) {
+    let cluster_run = if args.scenarios.iter().any(|n| is_cluster_scenario(*n)) {
         let run = cluster_scenarios(&args, cluster).await?;
         println!("{}", run.table);
         Some(run)
@@ -128,7 +137,12 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scenarios 1–6 against the kubelet simulator.
+/// Scenarios 1–6 and 8 run on the test cluster without a real kubelet.
+fn is_cluster_scenario(n: u8) -> bool {
+    (1..=6).contains(&n) || n == 8
+}
+
+/// Scenarios 1–6 and 8 against the stacks' sockets and the kubelet simulator.
 async fn cluster_scenarios(args: &Args, cluster: &'static Cluster) -> anyhow::Result<ClusterRun> {
     let wants = |n: u8| args.scenarios.contains(&n);
     fixtures::ensure_csi_driver(cluster).await?;
@@ -145,14 +159,24 @@ async fn cluster_scenarios(args: &Args, cluster: &'static Cluster) -> anyhow::Re
     for kind in kinds {
         match stack::start(kind, cluster, &cfg).await {
             Ok(s) => stacks.push(s),
-            Err(reason) if kind == StackKind::UpstreamPair => {
+            Err(reason) if kind.is_pair() => {
                 eprintln!("{reason}");
                 skipped.push((kind, reason));
             }
             Err(reason) => anyhow::bail!(reason),
         }
     }
-    let mut results: Vec<StackResults> = stacks.iter().map(|_| StackResults::default()).collect();
+    let mut results: Vec<StackResults> = stacks
+        .iter()
+        .map(|s| StackResults {
+            sidecars_kib: if s.kind == StackKind::Ours {
+                0
+            } else {
+                results::UPSTREAM_SIDECARS_KIB
+            },
+            ..StackResults::default()
+        })
+        .collect();
 
     // Scenario 4, idle: settled after start, before any mount.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -161,7 +185,7 @@ async fn cluster_scenarios(args: &Args, cluster: &'static Cluster) -> anyhow::Re
     }
 
     let s1_tenant = fixtures::tenant(cluster, "bench-single", 1).await?;
-    let mut floor = Vec::new();
+    let mut floor = latency::Floor::default();
     if wants(1) {
         eprintln!(
             "scenario 1: {} publishes per stack, alternating stacks",
@@ -183,13 +207,20 @@ async fn cluster_scenarios(args: &Args, cluster: &'static Cluster) -> anyhow::Re
             for (m, r) in mounts.iter_mut().zip(results.iter_mut()) {
                 r.latencies.push(m.cycle().await?);
             }
-            tokio::time::sleep(SINGLE_MOUNT_PAUSE).await;
+            tokio::time::sleep(Duration::from_millis(args.pause_ms)).await;
         }
         for ((s, before), r) in stacks.iter().zip(&calls_before).zip(results.iter_mut()) {
             r.single_calls = Some(load::calls_delta(before, &s.aws.calls()));
         }
         let counter = cluster.moto().new_call_counter().await?;
         floor = latency::floor(cluster, &s1_tenant, counter.endpoint(), args.iterations).await?;
+        eprintln!(
+            "  floor p50: total {:?} = mount {:?} + GetSecretValue {:?} + status create {:?}",
+            report::percentile(&floor.total, 50.0),
+            report::percentile(&floor.mount, 50.0),
+            report::percentile(&floor.aws, 50.0),
+            report::percentile(&floor.api_write, 50.0),
+        );
     }
 
     if wants(2) || wants(3) {
@@ -205,19 +236,35 @@ async fn cluster_scenarios(args: &Args, cluster: &'static Cluster) -> anyhow::Re
                 args.secrets,
             )
             .await?;
-            let (burst, sim) = load::burst(cluster, s, &tenant, args.pods).await?;
+            let first_tenant = fixtures::tenant(
+                cluster,
+                &format!("bench-first-{}", s.kind.slug()),
+                args.secrets,
+            )
+            .await?;
+            let (burst, mounts) = load::burst(
+                cluster,
+                s,
+                &tenant,
+                &first_tenant,
+                args.pods,
+                Duration::from_millis(args.pause_ms),
+            )
+            .await?;
             eprintln!(
-                "  the stack's own Kubernetes API requests during 2 ({}): {}",
+                "  {:?} to all mounted; the stack's own Kubernetes API requests during 2 ({}): {}",
+                burst.wall,
                 s.kind.label(),
                 burst.counters.top_stack_requests(8)
             );
             r.burst = Some(burst);
             r.mem_after_burst = Some(procfs::memory_sum(&s.pids())?);
+            load::unpublish_all(mounts).await?;
+            load::delete_pods(cluster, &first_tenant).await?;
             if !wants(3) {
-                load::clear(cluster, &sim, &tenant).await?;
+                load::delete_pods(cluster, &tenant).await?;
             }
-            // Scenario 3 starts its own simulator (republishing every second) on the same pods.
-            drop(sim);
+            // Scenario 3 starts a simulator (republishing every second) on the same pods.
             if wants(3) {
                 eprintln!(
                     "scenario 3 ({}): rotation for {} s",
@@ -241,6 +288,31 @@ async fn cluster_scenarios(args: &Args, cluster: &'static Cluster) -> anyhow::Re
                 r.rotation = Some(counters);
                 r.mem_after_rotation = Some(procfs::memory_sum(&s.pids())?);
             }
+        }
+    }
+    if wants(8) {
+        for (s, r) in stacks.iter_mut().zip(results.iter_mut()) {
+            eprintln!(
+                "scenario 8 ({}): restart with {} mounted volumes",
+                s.kind.label(),
+                args.cold_pods
+            );
+            let tenant = fixtures::tenant(
+                cluster,
+                &format!("bench-cold-{}", s.kind.slug()),
+                args.secrets,
+            )
+            .await?;
+            let cold =
+                cold_node::run(cluster, s, &tenant, args.cold_pods, Duration::from_secs(1)).await?;
+            eprintln!(
+                "  restart {:?}, all republished {:?}, AWS {:?}, API {}",
+                cold.restart,
+                cold.all_republished,
+                cold.counters.aws,
+                cold.counters.top_stack_requests(8)
+            );
+            r.cold = Some(cold);
         }
     }
     let kinds: Vec<StackKind> = stacks.iter().map(|s| s.kind).collect();
@@ -364,23 +436,33 @@ fn draw_plot(root: &std::path::Path, run: &ClusterRun) -> anyhow::Result<()> {
         .zip(&run.results)
         .map(|(k, r)| (k.label(), r.latencies.clone()))
         .collect();
-    let mut calls: Vec<(String, f64)> = Vec::new();
-    for (k, r) in run.kinds.iter().zip(&run.results) {
-        if let Some(b) = &r.burst {
-            calls.push((
-                format!("2 burst, {}", k.slug()),
-                b.counters.aws_total() as f64,
-            ));
-        }
-        if let Some(c) = &r.rotation {
-            calls.push((format!("3 rotation, {}", k.slug()), c.aws_total() as f64));
+    // Bars grouped by scenario, one per stack in column order (colour = column).
+    let mut calls: Vec<plot::Bar> = Vec::new();
+    type Pick = fn(&StackResults) -> Option<u64>;
+    let scenarios: [(&str, Pick); 3] = [
+        ("2 burst", |r| {
+            r.burst.as_ref().map(|b| b.counters.aws_total())
+        }),
+        ("3 rotation", |r| r.rotation.as_ref().map(|c| c.aws_total())),
+        ("8 cold node", |r| {
+            r.cold.as_ref().map(|c| c.counters.aws_total())
+        }),
+    ];
+    for (name, pick) in scenarios {
+        for (column, r) in run.results.iter().enumerate() {
+            if let Some(n) = pick(r) {
+                calls.push(plot::Bar {
+                    group: name,
+                    column,
+                    value: n as f64,
+                });
+            }
         }
     }
-    let calls: Vec<(&str, f64)> = calls.iter().map(|(l, n)| (l.as_str(), *n)).collect();
     plot::draw(
         &dir.join("bench.png"),
         &latencies,
-        report::percentile(&run.floor, 50.0),
+        report::percentile(&run.floor.total, 50.0),
         &calls,
     )
 }
@@ -395,16 +477,18 @@ fn args_line(args: &Args) -> String {
             .collect::<Vec<_>>()
             .join(",")
     );
-    if args.scenarios.iter().any(|n| (1..=6).contains(n)) {
+    if args.scenarios.iter().any(|n| is_cluster_scenario(*n)) {
         line.push_str(&format!(
-            " --iterations {} --pods {} --secrets {} --rotation-seconds {} --fill-secrets {} \
-             --fill-classes {}",
+            " --iterations {} --pause-ms {} --pods {} --secrets {} --rotation-seconds {} --fill-secrets {} \
+             --fill-classes {} --cold-pods {}",
             args.iterations,
+            args.pause_ms,
             args.pods,
             args.secrets,
             args.rotation_seconds,
             args.fill_secrets,
             args.fill_classes,
+            args.cold_pods,
         ));
     }
     if args.scenarios.contains(&7) {

@@ -28,39 +28,58 @@ fn register_font() -> bool {
     false
 }
 
-/// Draws the plot to `path`: left, sorted publish latencies of each stack and the floor's p50;
-/// right, AWS calls per scenario (bars, ours only when upstream is missing).
+/// One bar of the right-hand chart: a scenario's AWS calls for one column.
+#[derive(Debug, Clone)]
+pub struct Bar<'a> {
+    /// The scenario (bars of one scenario stand side by side).
+    pub group: &'a str,
+    /// The column's index (its colour, as in the latency chart).
+    pub column: usize,
+    /// AWS calls.
+    pub value: f64,
+}
+
+/// The columns' colours, in column order.
+const COLORS: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
+
+/// Draws the plot to `path`: left, each column's publish-latency CDF and the floor's p50 (log
+/// time axis: the columns are orders of magnitude apart); right, AWS calls per scenario and
+/// column (log axis).
 pub fn draw(
     path: &Path,
     latencies: &[(&str, Vec<Duration>)],
     floor_p50: Duration,
-    calls: &[(&str, f64)],
+    calls: &[Bar<'_>],
 ) -> anyhow::Result<()> {
     let text = register_font();
-    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1400, 520)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (left, right) = root.split_horizontally(640);
+    let (left, right) = root.split_horizontally(700);
     let to_ms = |d: &Duration| d.as_secs_f64() * 1000.0;
-    let max_ms = latencies
-        .iter()
-        .flat_map(|(_, s)| s.iter().map(to_ms))
-        .fold(to_ms(&floor_p50), f64::max)
-        * 1.1;
-    let colors = [BLUE, RED, GREEN];
+    let all_ms = || {
+        latencies
+            .iter()
+            .flat_map(|(_, s)| s.iter().map(to_ms))
+            .chain([to_ms(&floor_p50)])
+            .filter(|v| *v > 0.0)
+    };
+    let max_ms = all_ms().fold(1.0, f64::max) * 1.3;
+    let min_ms = all_ms().fold(max_ms, f64::min) / 1.3;
     {
         let mut b = ChartBuilder::on(&left);
         b.margin(15).x_label_area_size(40).y_label_area_size(55);
         if text {
             b.caption(
-                "Scenario 1: NodePublishVolume latency (CDF)",
+                "Scenario 1: warm NodePublishVolume latency (CDF)",
                 ("sans-serif", 20),
             );
         }
-        let mut chart = b.build_cartesian_2d(0f64..max_ms.max(0.1), 0f64..100f64)?;
+        let mut chart =
+            b.build_cartesian_2d((min_ms.max(0.01)..max_ms).log_scale(), 0f64..100f64)?;
         if text {
             chart
                 .configure_mesh()
-                .x_desc("latency (ms)")
+                .x_desc("latency (ms, log scale)")
                 .y_desc("percentile")
                 .draw()?;
         }
@@ -68,7 +87,7 @@ pub fn draw(
             let mut sorted: Vec<f64> = samples.iter().map(to_ms).collect();
             sorted.sort_by(f64::total_cmp);
             let n = sorted.len().max(1) as f64;
-            let color = colors[i % colors.len()];
+            let color = COLORS[i % COLORS.len()];
             let series = chart.draw_series(LineSeries::new(
                 sorted
                     .iter()
@@ -82,14 +101,14 @@ pub fn draw(
                     .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
             }
         }
-        let f = to_ms(&floor_p50);
+        let f = to_ms(&floor_p50).max(min_ms);
         let floor = chart.draw_series(LineSeries::new(
             [(f, 0.0), (f, 100.0)],
             BLACK.stroke_width(1),
         ))?;
         if text {
             floor
-                .label("physical floor p50")
+                .label("floor p50 (mount + 1 AWS call + 1 API write)")
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
             chart
                 .configure_series_labels()
@@ -100,15 +119,28 @@ pub fn draw(
         }
     }
     {
-        let max = calls.iter().map(|(_, v)| *v).fold(1.0, f64::max) * 1.15;
+        let max = calls.iter().map(|b| b.value).fold(1.0, f64::max) * 2.0;
         let mut b = ChartBuilder::on(&right);
-        b.margin(15).x_label_area_size(60).y_label_area_size(60);
+        b.margin(15).x_label_area_size(40).y_label_area_size(60);
         if text {
-            b.caption("AWS calls per scenario (ours)", ("sans-serif", 20));
+            b.caption("AWS calls per scenario and column", ("sans-serif", 20));
         }
-        let mut chart = b.build_cartesian_2d((0..calls.len()).into_segmented(), 0f64..max)?;
+        let mut chart =
+            b.build_cartesian_2d((0..calls.len()).into_segmented(), (0.5f64..max).log_scale())?;
         if text {
-            let names: Vec<String> = calls.iter().map(|(n, _)| n.to_string()).collect();
+            // Label each scenario once, under its first bar.
+            let names: Vec<String> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let first = i == 0 || calls[i - 1].group != b.group;
+                    if first {
+                        b.group.to_string()
+                    } else {
+                        String::new()
+                    }
+                })
+                .collect();
             chart
                 .configure_mesh()
                 .disable_x_mesh()
@@ -117,16 +149,16 @@ pub fn draw(
                     SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
                     _ => String::new(),
                 })
-                .y_desc("calls")
+                .y_desc("calls (log scale)")
                 .draw()?;
         }
-        chart.draw_series(calls.iter().enumerate().map(|(i, (_, v))| {
+        chart.draw_series(calls.iter().enumerate().map(|(i, bar)| {
             Rectangle::new(
                 [
-                    (SegmentValue::Exact(i), 0.0),
-                    (SegmentValue::Exact(i + 1), *v),
+                    (SegmentValue::Exact(i), 0.5),
+                    (SegmentValue::Exact(i + 1), bar.value.max(0.5)),
                 ],
-                BLUE.mix(0.6).filled(),
+                COLORS[bar.column % COLORS.len()].mix(0.7).filled(),
             )
         }))?;
     }

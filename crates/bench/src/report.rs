@@ -89,7 +89,7 @@ pub const END: &str = "<!-- bench:end -->";
 /// table, plot.
 pub fn cluster_part(command: &str, table: &str, stacks: &str) -> String {
     format!(
-        "Run of {} UTC.\n\n### Machine\n\n{}\n### Command\n\n```\nmake bench\n# = cargo build --release -p secrets-store -p secrets-store-bench && \\\n#   target/release/{command} --write .\n```\n\n### Results\n\n{stacks}\n\n{table}\n![scenario 1 latency CDF and AWS calls per scenario](docs/bench/bench.png)",
+        "Run of {} UTC.\n\n### Machine\n\n{}\n### Command\n\n```\ncargo build --release --locked -p secrets-store -p secrets-store-bench\ntarget/release/{command} --write .\n```\n\n### Results\n\n{stacks}\n\n{table}\n![scenario 1 latency CDF (log time axis) and AWS calls per scenario and column (log axis)](docs/bench/bench.png)",
         now(),
         machine(),
     )

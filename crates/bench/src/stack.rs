@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use secrets_store_testenv::upstream::{OurAwsProvider, UpstreamDriver, UpstreamOptions};
+use secrets_store_testenv::ascp::{ASCP_TOOL, Ascp, AscpOptions, USER_AGENT_PREFIX};
+use secrets_store_testenv::upstream::{
+    OurAwsProvider, UPSTREAM_DRIVER_TOOL, UpstreamDriver, UpstreamOptions,
+};
 use secrets_store_testenv::{CallCounter, Cluster, Proc, find_tool, tools_bin_dir};
 
 /// How long a freshly started process may take to open its socket.
@@ -20,8 +23,11 @@ pub enum StackKind {
     /// provider-aws`) behind it over upstream's provider API: the issue's "third column". It
     /// isolates the driver half, since both sides use the same provider.
     UpstreamDriver,
-    /// Upstream `secrets-store-csi-driver` v1.6.0 + `secrets-store-csi-driver-provider-aws` 3.1.1.
+    /// Upstream `secrets-store-csi-driver` v1.6.0 + `secrets-store-csi-driver-provider-aws` 3.1.1
+    /// (ASCP), both unmodified, ASCP at its chart's Kubernetes client limits (qps 5, burst 10).
     UpstreamPair,
+    /// The same pair with ASCP's client-side limiter lifted (`--qps`/`--burst` 100000).
+    UpstreamPairUnlimited,
 }
 
 impl StackKind {
@@ -31,12 +37,14 @@ impl StackKind {
             Self::Ours => "ours",
             Self::UpstreamDriver => "upstream driver + our provider",
             Self::UpstreamPair => "upstream pair (driver + ASCP)",
+            Self::UpstreamPairUnlimited => "upstream pair, ASCP limiter lifted",
         }
     }
 
     /// Whether a request with this `User-Agent` came from one of this stack's processes (ours
     /// name their component; the upstream driver's controller-runtime client sends
-    /// `csi-secrets-store/…`; ASCP sends client-go's default, its binary name).
+    /// `csi-secrets-store/…`; ASCP sends client-go's default, its binary name). The upstream
+    /// columns share agents, so the runner counts one stack's span at a time.
     pub fn owns_user_agent(self, agent: &str) -> bool {
         let ours = |component: &str| {
             agent.starts_with("secrets-store-rs/") && agent.ends_with(&format!("({component})"))
@@ -44,9 +52,8 @@ impl StackKind {
         match self {
             Self::Ours => ours("node"),
             Self::UpstreamDriver => agent.starts_with("csi-secrets-store/") || ours("provider-aws"),
-            Self::UpstreamPair => {
-                agent.starts_with("csi-secrets-store/")
-                    || agent.starts_with("secrets-store-csi-driver-provider-aws")
+            Self::UpstreamPair | Self::UpstreamPairUnlimited => {
+                agent.starts_with("csi-secrets-store/") || agent.starts_with(USER_AGENT_PREFIX)
             }
         }
     }
@@ -57,7 +64,13 @@ impl StackKind {
             Self::Ours => "ours",
             Self::UpstreamDriver => "updriver",
             Self::UpstreamPair => "uppair",
+            Self::UpstreamPairUnlimited => "uppair-nolimit",
         }
+    }
+
+    /// Whether this is one of the upstream pair's columns.
+    pub fn is_pair(self) -> bool {
+        matches!(self, Self::UpstreamPair | Self::UpstreamPairUnlimited)
     }
 }
 
@@ -74,7 +87,18 @@ pub struct RunningStack {
     /// stacks alternate.
     pub aws: CallCounter,
     processes: Processes,
+    /// Ours: how the agent was started, for [`RunningStack::restart`].
+    ours_launch: Option<OursLaunch>,
     _dir: tempfile::TempDir,
+}
+
+/// Where and how our agent runs, so that a restart starts it the same way.
+#[derive(Debug, Clone)]
+struct OursLaunch {
+    socket: PathBuf,
+    root: PathBuf,
+    providers: PathBuf,
+    cfg: StackConfig,
 }
 
 /// The node-side processes of a stack; dropping them stops them.
@@ -82,7 +106,7 @@ pub struct RunningStack {
 enum Processes {
     Ours(Proc),
     UpstreamDriver(UpstreamDriver, OurAwsProvider),
-    UpstreamPair(UpstreamDriver, Proc),
+    UpstreamPair(UpstreamDriver, Box<Ascp>),
 }
 
 impl RunningStack {
@@ -91,8 +115,34 @@ impl RunningStack {
         match &self.processes {
             Processes::Ours(p) => vec![p.pid()],
             Processes::UpstreamDriver(d, p) => vec![d.pid(), p.pid()],
-            Processes::UpstreamPair(d, p) => vec![d.pid(), p.pid()],
+            Processes::UpstreamPair(d, a) => vec![d.pid(), a.pid()],
         }
+    }
+
+    /// Kills every node-side process of the stack and starts them again the same way (same
+    /// sockets, kubelet dir, flags and AWS counter), as a node whose driver pods restart; the
+    /// volumes stay mounted. Returns once the CSI socket accepts connections again.
+    pub fn restart(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        match &mut self.processes {
+            Processes::Ours(p) => {
+                let launch = self
+                    .ours_launch
+                    .as_ref()
+                    .expect("ours keeps its launch settings");
+                p.stop();
+                let _ = std::fs::remove_file(&launch.socket);
+                *p = spawn_ours(cluster, launch, &self.aws)?;
+            }
+            Processes::UpstreamDriver(d, _) => {
+                // Our provider keeps running: only the driver half restarts here.
+                d.restart(cluster)?;
+            }
+            Processes::UpstreamPair(d, a) => {
+                d.restart(cluster)?;
+                a.restart(cluster)?;
+            }
+        }
+        Ok(())
     }
 
     /// Fails if a process of the stack died.
@@ -103,9 +153,9 @@ impl RunningStack {
                 d.check_running()?;
                 p.check_running()?;
             }
-            Processes::UpstreamPair(d, p) => {
+            Processes::UpstreamPair(d, a) => {
                 d.check_running()?;
-                p.check_running()?;
+                a.check_running()?;
             }
         }
         Ok(())
@@ -138,11 +188,16 @@ pub async fn start(
     let started = match kind {
         StackKind::Ours => start_ours(cluster, cfg, aws),
         StackKind::UpstreamDriver => start_upstream_driver(cluster, cfg, aws),
-        StackKind::UpstreamPair => {
+        StackKind::UpstreamPair | StackKind::UpstreamPairUnlimited => {
             if let Some(reason) = upstream_pair_unavailable() {
                 return Err(reason);
             }
-            start_upstream_pair(cluster, cfg, aws)
+            let opts = if kind == StackKind::UpstreamPair {
+                AscpOptions::default()
+            } else {
+                AscpOptions::limiter_lifted()
+            };
+            start_upstream_pair(kind, cluster, cfg, aws, &opts).await
         }
     };
     started.map_err(|e| format!("{} did not start: {e:#}", kind.label()))
@@ -176,27 +231,45 @@ fn start_ours(
     cfg: &StackConfig,
     aws: CallCounter,
 ) -> anyhow::Result<RunningStack> {
-    let binary = our_binary().map_err(anyhow::Error::msg)?;
     let dir = tempfile::tempdir()?;
-    let root = dir.path().join("kubelet");
-    std::fs::create_dir_all(&root)?;
-    let socket = dir.path().join("csi.sock");
-    // An empty external-provider dir of its own: only the built-in AWS provider answers.
-    let providers = dir.path().join("providers");
-    std::fs::create_dir_all(&providers)?;
+    let launch = OursLaunch {
+        socket: dir.path().join("csi.sock"),
+        root: dir.path().join("kubelet"),
+        // An empty external-provider dir of its own: only the built-in AWS provider answers.
+        providers: dir.path().join("providers"),
+        cfg: cfg.clone(),
+    };
+    std::fs::create_dir_all(&launch.root)?;
+    std::fs::create_dir_all(&launch.providers)?;
+    let proc = spawn_ours(cluster, &launch, &aws)?;
+    Ok(RunningStack {
+        kind: StackKind::Ours,
+        socket: launch.socket.clone(),
+        kubelet_root: launch.root.clone(),
+        aws,
+        processes: Processes::Ours(proc),
+        ours_launch: Some(launch),
+        _dir: dir,
+    })
+}
+
+/// Starts our agent as `launch` says and waits for its CSI socket.
+fn spawn_ours(cluster: &Cluster, launch: &OursLaunch, aws: &CallCounter) -> anyhow::Result<Proc> {
+    let binary = our_binary().map_err(anyhow::Error::msg)?;
+    let cfg = &launch.cfg;
     let mut cmd = Command::new(binary);
     cmd.arg("node")
         .arg("--endpoint")
-        .arg(format!("unix://{}", socket.display()))
+        .arg(format!("unix://{}", launch.socket.display()))
         .args(["--node-id", cluster.node_name()])
         .arg("--kubelet-dir")
-        .arg(&root)
+        .arg(&launch.root)
         .args(["--metrics-addr", "", "--healthz-addr", ""])
         // kubelet's registration is not needed: the simulator is given the socket directly,
         // as it is for the upstream driver.
         .arg("--no-registration")
         .arg("--provider-volume")
-        .arg(&providers)
+        .arg(&launch.providers)
         .args(["--enable-secret-rotation", "--enable-secret-sync"])
         .arg("--rotation-poll-interval")
         .arg(format!("{}s", cfg.rotation_poll.as_secs()))
@@ -212,30 +285,20 @@ fn start_ours(
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_ENDPOINT_URL", aws.endpoint());
     let proc = cluster.spawn("bench-ours", cmd)?;
-    proc.wait_for_socket(&socket, SOCKET_TIMEOUT)?;
-    Ok(RunningStack {
-        kind: StackKind::Ours,
-        socket,
-        kubelet_root: root,
-        aws,
-        processes: Processes::Ours(proc),
-        _dir: dir,
-    })
+    proc.wait_for_socket(&launch.socket, SOCKET_TIMEOUT)?;
+    Ok(proc)
 }
 
 /// Why the upstream pair cannot run here, or `None` when its binaries are installed.
 pub fn upstream_pair_unavailable() -> Option<String> {
-    let missing: Vec<&str> = [
-        "secrets-store-csi-driver",
-        "secrets-store-csi-driver-provider-aws",
-    ]
-    .into_iter()
-    .filter(|t| find_tool(t).is_none())
-    .collect();
+    let missing: Vec<&str> = [UPSTREAM_DRIVER_TOOL, ASCP_TOOL]
+        .into_iter()
+        .filter(|t| find_tool(t).is_none())
+        .collect();
     (!missing.is_empty()).then(|| {
         format!(
-            "not available: {} missing in {} (`bash hack/tools.sh ascp` fails: the Go module \
-             proxy answers 403 for github.com/aws/secrets-store-csi-driver-provider-aws)",
+            "not available: {} missing in {} (`bash hack/tools.sh upstream-driver ascp` builds \
+             them)",
             missing.join(" and "),
             tools_bin_dir().display()
         )
@@ -253,9 +316,10 @@ fn upstream_driver(cluster: &Cluster, cfg: &StackConfig) -> anyhow::Result<Upstr
     Ok(UpstreamDriver::start(cluster, &opts)?)
 }
 
-/// A kubelet root dir of the stack's own.
-fn kubelet_root() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
-    let dir = tempfile::tempdir()?;
+/// A kubelet root dir of the stack's own, under the cluster's run dir (ASCP makes it a shared
+/// mount, which only the run dir's clean-up removes after a killed run).
+fn kubelet_root(cluster: &Cluster) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir_in(cluster.run_dir())?;
     let root = dir.path().join("kubelet");
     std::fs::create_dir_all(&root)?;
     Ok((dir, root))
@@ -267,7 +331,7 @@ fn start_upstream_driver(
     cfg: &StackConfig,
     aws: CallCounter,
 ) -> anyhow::Result<RunningStack> {
-    let (dir, root) = kubelet_root()?;
+    let (dir, root) = kubelet_root(cluster)?;
     let driver = upstream_driver(cluster, cfg)?;
     let binary = our_binary().map_err(anyhow::Error::msg)?;
     let provider = OurAwsProvider::start_with(
@@ -284,37 +348,30 @@ fn start_upstream_driver(
         kubelet_root: root,
         aws,
         processes: Processes::UpstreamDriver(driver, provider),
+        ours_launch: None,
         _dir: dir,
     })
 }
 
-/// The upstream pair as its charts run it. Not exercised on the machine that wrote it (ASCP
-/// could not be built there); it only runs once the ASCP binary is installed.
-fn start_upstream_pair(
+/// The upstream pair as its charts run it: the driver, and ASCP on its provider dir started by
+/// `testenv::ascp` (mount namespace, STS relay, in-cluster files) with `opts` as its limits.
+async fn start_upstream_pair(
+    kind: StackKind,
     cluster: &Cluster,
     cfg: &StackConfig,
     aws: CallCounter,
+    opts: &AscpOptions,
 ) -> anyhow::Result<RunningStack> {
-    let (dir, root) = kubelet_root()?;
+    let (dir, root) = kubelet_root(cluster)?;
     let driver = upstream_driver(cluster, cfg)?;
-    let mut provider = Command::new(tools_bin_dir().join("secrets-store-csi-driver-provider-aws"));
-    provider
-        .arg(format!(
-            "--provider-volume={}",
-            driver.provider_dir().display()
-        ))
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ENDPOINT_URL", aws.endpoint())
-        .env("KUBECONFIG", cluster.kubeconfig_path());
-    let provider = cluster.spawn("bench-upstream-provider", provider)?;
-    provider.wait_for_socket(&driver.provider_dir().join("aws.sock"), SOCKET_TIMEOUT)?;
+    let ascp = Ascp::start(cluster, driver.provider_dir(), &root, aws.endpoint(), opts).await?;
     Ok(RunningStack {
-        kind: StackKind::UpstreamPair,
+        kind,
         socket: driver.socket().to_path_buf(),
         kubelet_root: root,
         aws,
-        processes: Processes::UpstreamPair(driver, provider),
+        processes: Processes::UpstreamPair(driver, Box::new(ascp)),
+        ours_launch: None,
         _dir: dir,
     })
 }

@@ -1,6 +1,8 @@
-//! Smoke test of the benchmark runner: scenario 1 with a handful of iterations against our real
-//! node agent, the real test cluster and moto, so the runner cannot rot. It checks that the
-//! table has numbers, never how large they are (timings belong in the benchmark).
+//! Smoke test of the benchmark runner: scenario 1 with a handful of iterations, and scenarios 2
+//! and 8 with two pods, against our real node agent, the upstream driver with our provider, and
+//! the upstream pair (driver + ASCP) at its chart's limits and with its limiter lifted, on the
+//! real test cluster and moto, so the runner cannot rot. It checks that the table has numbers,
+//! never how large they are (timings belong in the benchmark).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,13 +19,14 @@ fn agent_binary(runner: &str) -> PathBuf {
         .join("secrets-store")
 }
 
-/// The milliseconds in a table cell such as `3.21 ms`.
+/// The milliseconds in a table cell such as `3.21 ms` or `3.21 ms (detail)`.
 fn cell_ms(cell: &str) -> Option<f64> {
-    cell.trim().strip_suffix(" ms")?.parse().ok()
+    let figure = cell.split(" (").next()?;
+    figure.trim().strip_suffix(" ms")?.parse().ok()
 }
 
 #[test]
-fn scenario_1_prints_a_table_with_numbers() {
+fn scenarios_1_2_8_print_a_table_with_numbers_for_every_column() {
     let runner = env!("CARGO_BIN_EXE_secrets-store-bench");
     let agent = agent_binary(runner);
     assert!(
@@ -33,7 +36,10 @@ fn scenario_1_prints_a_table_with_numbers() {
         agent.display()
     );
     let out = Command::new(runner)
-        .args(["--scenarios", "1", "--iterations", "5"])
+        .args(["--scenarios", "1,2,8", "--iterations", "5"])
+        .args(["--pods", "2", "--secrets", "1", "--cold-pods", "2"])
+        // Shorter pauses than the published 1 s: the figures are not looked at here.
+        .args(["--pause-ms", "150"])
         .output()
         .expect("running secrets-store-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -58,7 +64,7 @@ fn scenario_1_prints_a_table_with_numbers() {
     for metric in [
         "NodePublishVolume p50",
         "NodePublishVolume p99",
-        "physical floor p50",
+        "floor p50",
     ] {
         let cell = ours(metric);
         let value = cell_ms(cell).unwrap_or_else(|| panic!("{metric}: {cell:?} is not in ms"));
@@ -70,8 +76,8 @@ fn scenario_1_prints_a_table_with_numbers() {
         .and_then(|r| r.parse().ok())
         .unwrap_or_else(|| panic!("p50 ÷ floor: {ratio:?} is not a ratio"));
     assert!(ratio > 0.0);
-    // The upstream driver (with our provider behind it) ran beside ours: its column holds
-    // latencies too, and each "ours ÷ …" cell is a ratio.
+    // The upstream stacks ran beside ours: their columns hold latencies too, and each
+    // "ours ÷ …" cell is a ratio.
     let header: Vec<&str> = stdout
         .lines()
         .find(|l| l.starts_with("| scenario |"))
@@ -85,8 +91,6 @@ fn scenario_1_prints_a_table_with_numbers() {
             .position(|h| *h == name)
             .unwrap_or_else(|| panic!("no column {name:?} in {header:?}"))
     };
-    let theirs = column("upstream driver + our provider");
-    let ratio_col = column("ours ÷ upstream driver + our provider");
     let p50 = rows
         .iter()
         .find(|r| {
@@ -94,12 +98,47 @@ fn scenario_1_prints_a_table_with_numbers() {
                 .is_some_and(|m| m.starts_with("NodePublishVolume p50"))
         })
         .expect("p50 row");
-    let their_p50 = cell_ms(p50[theirs])
-        .unwrap_or_else(|| panic!("upstream driver p50 {:?} is not in ms", p50[theirs]));
-    assert!(their_p50 > 0.0);
-    assert!(
-        p50[ratio_col].ends_with('×'),
-        "ratio cell {:?} in:\n{stdout}",
-        p50[ratio_col]
-    );
+    for other in [
+        "upstream driver + our provider",
+        "upstream pair (driver + ASCP)",
+        "upstream pair, ASCP limiter lifted",
+    ] {
+        let theirs = column(other);
+        let ratio_col = column(&format!("ours ÷ {other}"));
+        let their_p50 = cell_ms(p50[theirs])
+            .unwrap_or_else(|| panic!("{other} p50 {:?} is not in ms", p50[theirs]));
+        assert!(their_p50 > 0.0);
+        assert!(
+            p50[ratio_col].ends_with('×'),
+            "ratio cell {:?} in:\n{stdout}",
+            p50[ratio_col]
+        );
+    }
+    // Scenarios 2 and 8 have a figure in every stack's column.
+    let stacks = [
+        "ours",
+        "upstream driver + our provider",
+        "upstream pair (driver + ASCP)",
+    ];
+    for (scenario, metric) in [
+        ("| 2 burst", "wall time"),
+        ("| 2 burst", "AWS calls"),
+        ("| 8 cold node", "kill → every volume republished once"),
+        ("| 8 cold node", "AWS calls"),
+    ] {
+        let row: Vec<&str> = stdout
+            .lines()
+            .find(|l| l.starts_with(scenario) && l.contains(metric))
+            .unwrap_or_else(|| panic!("no row {scenario} {metric:?} in:\n{stdout}"))
+            .split('|')
+            .map(str::trim)
+            .collect();
+        for stack in stacks {
+            let cell = row[column(stack)];
+            assert!(
+                cell.starts_with(|c: char| c.is_ascii_digit()),
+                "{scenario} {metric:?} for {stack}: {cell:?}"
+            );
+        }
+    }
 }

@@ -66,6 +66,7 @@ pub struct UpstreamDriver {
     socket: PathBuf,
     provider_dir: PathBuf,
     metrics_port: u16,
+    opts: UpstreamOptions,
     // Removed on drop, after `proc` (fields drop in declaration order).
     _dir: tempfile::TempDir,
 }
@@ -74,7 +75,6 @@ impl UpstreamDriver {
     /// Starts the driver with its own socket and provider dir under the cluster's run dir, and
     /// waits until its CSI socket accepts connections.
     pub fn start(cluster: &Cluster, opts: &UpstreamOptions) -> Result<Self, Error> {
-        let binary = tools::require(UPSTREAM_DRIVER_TOOL)?;
         let dir = tempfile::Builder::new()
             .prefix("upstream-")
             .tempdir_in(cluster.run_dir())
@@ -83,37 +83,31 @@ impl UpstreamDriver {
         let provider_dir = dir.path().join("providers");
         std::fs::create_dir_all(&provider_dir).map_err(|e| Error::io(&provider_dir, e))?;
         let metrics_port = free_port()?;
-        let mut cmd = Command::new(binary);
-        cmd.arg(format!("--endpoint=unix://{}", socket.display()))
-            .arg(format!("--nodeid={}", cluster.node_name()))
-            .arg(format!("--provider-volume={}", provider_dir.display()))
-            // The chart adds /etc/kubernetes/secrets-store-csi-providers here, and the driver looks
-            // there *first*: a provider socket on this machine's real path must not answer tests.
-            .arg(format!(
-                "--additional-provider-volume-paths={}",
-                provider_dir.display()
-            ))
-            .arg(format!(
-                "--enable-secret-rotation={}",
-                opts.enable_secret_rotation
-            ))
-            .arg(format!(
-                "--rotation-poll-interval={}ms",
-                opts.rotation_poll_interval.as_millis()
-            ))
-            // The default `:8095` would listen on every interface and collide between runs.
-            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
-            .arg(format!("-v={}", opts.log_verbosity))
-            .env("KUBECONFIG", cluster.kubeconfig_path());
-        let proc = cluster.spawn(&process_name("upstream-driver"), cmd)?;
-        proc.wait_for_socket(&socket, SOCKET_TIMEOUT)?;
+        let proc = spawn_driver(cluster, opts, &socket, &provider_dir, metrics_port)?;
         Ok(Self {
             proc,
             socket,
             provider_dir,
             metrics_port,
+            opts: opts.clone(),
             _dir: dir,
         })
+    }
+
+    /// Kills the driver and starts it again with the same flags, socket and provider dir (what
+    /// a restarted driver pod sees on its node), and waits for the socket. Mounts it made stay.
+    pub fn restart(&mut self, cluster: &Cluster) -> Result<(), Error> {
+        self.proc.stop();
+        // A dead server's socket file would satisfy the wait below at once.
+        let _ = std::fs::remove_file(&self.socket);
+        self.proc = spawn_driver(
+            cluster,
+            &self.opts,
+            &self.socket,
+            &self.provider_dir,
+            self.metrics_port,
+        )?;
+        Ok(())
     }
 
     /// The CSI socket kubelet dials (`KubeletConfig::with_csi_socket`).
@@ -212,6 +206,42 @@ impl OurAwsProvider {
     pub fn check_running(&self) -> Result<(), Error> {
         self.proc.check_running()
     }
+}
+
+/// Spawns the driver with its chart's flags and waits until its CSI socket accepts connections.
+fn spawn_driver(
+    cluster: &Cluster,
+    opts: &UpstreamOptions,
+    socket: &Path,
+    provider_dir: &Path,
+    metrics_port: u16,
+) -> Result<Proc, Error> {
+    let binary = tools::require(UPSTREAM_DRIVER_TOOL)?;
+    let mut cmd = Command::new(binary);
+    cmd.arg(format!("--endpoint=unix://{}", socket.display()))
+        .arg(format!("--nodeid={}", cluster.node_name()))
+        .arg(format!("--provider-volume={}", provider_dir.display()))
+        // The chart adds /etc/kubernetes/secrets-store-csi-providers here, and the driver looks
+        // there *first*: a provider socket on this machine's real path must not answer tests.
+        .arg(format!(
+            "--additional-provider-volume-paths={}",
+            provider_dir.display()
+        ))
+        .arg(format!(
+            "--enable-secret-rotation={}",
+            opts.enable_secret_rotation
+        ))
+        .arg(format!(
+            "--rotation-poll-interval={}ms",
+            opts.rotation_poll_interval.as_millis()
+        ))
+        // The default `:8095` would listen on every interface and collide between runs.
+        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+        .arg(format!("-v={}", opts.log_verbosity))
+        .env("KUBECONFIG", cluster.kubeconfig_path());
+    let proc = cluster.spawn(&process_name("upstream-driver"), cmd)?;
+    proc.wait_for_socket(socket, SOCKET_TIMEOUT)?;
+    Ok(proc)
 }
 
 /// A log name unique within this test binary: `<what>-<n>`.

@@ -139,7 +139,51 @@ pub struct Ascp {
     _shared: SharedMount,
     socket: PathBuf,
     namespace: String,
-    _dir: tempfile::TempDir,
+    launch: Launch,
+    dir: tempfile::TempDir,
+}
+
+/// How ASCP's process is launched; kept so that [`Ascp::restart`] launches it the same way.
+#[derive(Debug)]
+struct Launch {
+    binary: PathBuf,
+    provider_dir: PathBuf,
+    aws_endpoint: String,
+    opts: AscpOptions,
+    server_host: String,
+    server_port: u16,
+}
+
+impl Launch {
+    /// Spawns ASCP in a mount namespace of its own set up by [`NAMESPACE_SETUP`] from the files
+    /// in `dir` (`hosts`, `serviceaccount/`, `host-run/`, `sts-ca.pem`), and waits for its
+    /// socket.
+    fn spawn(&self, cluster: &Cluster, dir: &Path) -> Result<Proc, Error> {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "slave", "--"])
+            .args(["sh", "-c", NAMESPACE_SETUP, "testenv-ascp-setup"])
+            .arg(dir.join("hosts"))
+            .arg(dir.join("serviceaccount"))
+            .arg(dir.join("host-run"))
+            .arg(&self.binary)
+            .arg(format!("--provider-volume={}", self.provider_dir.display()))
+            .arg(format!("--qps={}", self.opts.qps))
+            .arg(format!("--burst={}", self.opts.burst))
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            )
+            .env("HOME", dir)
+            .env("KUBERNETES_SERVICE_HOST", &self.server_host)
+            .env("KUBERNETES_SERVICE_PORT", self.server_port.to_string())
+            .env("AWS_ENDPOINT_URL", &self.aws_endpoint)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("SSL_CERT_FILE", dir.join("sts-ca.pem"));
+        let proc = cluster.spawn(&process_name(), cmd)?;
+        proc.wait_for_socket(&self.provider_dir.join("aws.sock"), SOCKET_TIMEOUT)?;
+        Ok(proc)
+    }
 }
 
 impl Ascp {
@@ -208,44 +252,35 @@ impl Ascp {
             .server_url()
             .parse::<http::Uri>()
             .map_err(|e| Error::Kubeconfig(format!("apiserver URL: {e}")))?;
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "slave", "--"])
-            .args(["sh", "-c", NAMESPACE_SETUP, "testenv-ascp-setup"])
-            .arg(&hosts)
-            .arg(dir.path().join("serviceaccount"))
-            .arg(&host_run)
-            .arg(&binary)
-            .arg(format!("--provider-volume={}", provider_dir.display()))
-            .arg(format!("--qps={}", opts.qps))
-            .arg(format!("--burst={}", opts.burst))
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-            )
-            .env("HOME", dir.path())
-            .env(
-                "KUBERNETES_SERVICE_HOST",
-                server.host().unwrap_or("127.0.0.1"),
-            )
-            .env(
-                "KUBERNETES_SERVICE_PORT",
-                server.port_u16().unwrap_or(443).to_string(),
-            )
-            .env("AWS_ENDPOINT_URL", aws_endpoint)
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("SSL_CERT_FILE", &ca_file);
-        let proc = cluster.spawn(&process_name(), cmd)?;
-        let socket = provider_dir.join("aws.sock");
-        proc.wait_for_socket(&socket, SOCKET_TIMEOUT)?;
+        let launch = Launch {
+            binary,
+            provider_dir: provider_dir.to_path_buf(),
+            aws_endpoint: aws_endpoint.to_string(),
+            opts: opts.clone(),
+            server_host: server.host().unwrap_or("127.0.0.1").to_string(),
+            server_port: server.port_u16().unwrap_or(443),
+        };
+        let proc = launch.spawn(cluster, dir.path())?;
         Ok(Self {
             proc,
             relay,
             _shared: shared,
-            socket,
+            socket: provider_dir.join("aws.sock"),
             namespace,
-            _dir: dir,
+            launch,
+            dir,
         })
+    }
+
+    /// Kills ASCP and starts it again in a new namespace set up the same way (same socket,
+    /// identity, STS relay and kubelet dir: what a restarted ASCP pod sees on its node), and
+    /// waits for its socket. The volumes it filled stay mounted.
+    pub fn restart(&mut self, cluster: &Cluster) -> Result<(), Error> {
+        self.proc.stop();
+        // A dead server's socket file would satisfy the wait at once.
+        let _ = std::fs::remove_file(&self.socket);
+        self.proc = self.launch.spawn(cluster, self.dir.path())?;
+        Ok(())
     }
 
     /// The provider socket (`<provider dir>/aws.sock`).
