@@ -7,6 +7,7 @@ mod fixtures;
 mod latency;
 mod load;
 mod plot;
+mod podless;
 mod procfs;
 mod real_node;
 mod report;
@@ -30,7 +31,8 @@ struct Args {
     /// Scenarios to run (3 needs 2's pods, so it runs 2 too; 4 and 6 ride along with 2 and 3).
     /// 8 is the cold node (the stack restarts under mounted volumes). 7 is the real node
     /// (kubelet + containerd): it runs last, on its own, and `--scenarios 7 --write .` replaces
-    /// only its part of BENCHMARKS.md's generated block.
+    /// only its part of BENCHMARKS.md's generated block. 9 (sync without pods at scale, see
+    /// `podless.rs`) runs only when asked for, and prints its table.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
     scenarios: Vec<u8>,
     /// Timed publishes per stack in scenario 1 (and floor samples).
@@ -81,6 +83,8 @@ struct Args {
     /// Scenario 7: kubelet's `syncFrequency` (its republish period), seconds; kubelet's default.
     #[arg(long, default_value_t = 60)]
     real_node_sync_seconds: u64,
+    #[command(flatten)]
+    podless: podless::PodlessArgs,
     /// Repository root: write `BENCHMARKS.md` and `docs/bench/bench.png` there.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -131,6 +135,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    if args.scenarios.contains(&9) {
+        let binary = stack::our_binary().map_err(anyhow::Error::msg)?;
+        println!("{}", podless::run(cluster, &binary, &args.podless).await?);
+    }
     if let Some(root) = &args.write {
         write_outputs(root, &args, cluster_run.as_ref(), real.as_deref())?;
     }

@@ -142,3 +142,47 @@ fn scenarios_1_2_8_print_a_table_with_numbers_for_every_column() {
         }
     }
 }
+
+/// Scenario 9 at a handful of classes: the controller binary syncs them without pods, one
+/// refresh round is counted, and the table has its figures (about 40 s: one 30 s refresh).
+#[test]
+fn scenario_9_prints_the_podless_figures() {
+    let runner = env!("CARGO_BIN_EXE_secrets-store-bench");
+    assert!(
+        agent_binary(runner).exists(),
+        "build the binary first (`cargo build -p secrets-store`) or set SECRETS_STORE_BIN"
+    );
+    let out = Command::new(runner)
+        .args(["--scenarios", "9", "--podless-classes", "4"])
+        .args(["--podless-namespaces", "2", "--podless-secrets", "2"])
+        .output()
+        .expect("running secrets-store-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "secrets-store-bench failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    // Cells: "", metric, ours, External Secrets Operator, "".
+    let ours = |metric: &str| -> String {
+        stdout
+            .lines()
+            .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
+            .find(|r| r.get(1).is_some_and(|m| m.starts_with(metric)))
+            .and_then(|r| r.get(2).map(|c| c.to_string()))
+            .unwrap_or_else(|| panic!("no row {metric:?} in:\n{stdout}"))
+    };
+    let per_refresh: f64 = ours("AWS calls per class refresh")
+        .parse()
+        .unwrap_or_else(|_| panic!("calls per refresh is not a number:\n{stdout}"));
+    assert!(
+        per_refresh > 0.0,
+        "a refresh without an AWS call:\n{stdout}"
+    );
+    assert!(
+        ours("one refresh of every class").contains("BatchGetSecretValue"),
+        "{stdout}"
+    );
+    assert!(ours("controller VmRSS").contains("MiB"), "{stdout}");
+}

@@ -41,6 +41,19 @@ impl ControllerProc {
         namespace: &str,
         name: &str,
     ) -> Self {
+        Self::start_with(cluster, kubeconfig, namespace, name, &[], &[])
+    }
+
+    /// [`ControllerProc::start_as`] with extra flags (e.g. `--podless-sync`) and environment
+    /// variables (e.g. `AWS_ENDPOINT_URL`).
+    pub fn start_with(
+        cluster: &Cluster,
+        kubeconfig: &std::path::Path,
+        namespace: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
             .parse()
             .unwrap();
@@ -57,7 +70,10 @@ impl ControllerProc {
             .arg(format!("--metrics-addr={metrics}"))
             .arg(format!("--healthz-addr={healthz}"))
             .env("KUBECONFIG", kubeconfig)
+            .args(extra)
             .env("RUST_LOG", "info,secrets_store_sync=debug")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().copied())
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE");
         let log_name = format!("controller-{name}-{}", free_port().unwrap());

@@ -127,3 +127,21 @@ pub async fn as_controller(cluster: &Cluster, ns: &str) -> Client {
     )
     .await
 }
+
+/// A kubeconfig file acting as the chart's controller ServiceAccount of release namespace `ns`
+/// (impersonated by the admin identity), written into `dir`: for the controller binary.
+pub fn controller_kubeconfig(cluster: &Cluster, ns: &str, dir: &Path) -> PathBuf {
+    let mut config = Kubeconfig::read_from(cluster.kubeconfig_path()).unwrap();
+    for user in &mut config.auth_infos {
+        let auth = user.auth_info.get_or_insert_with(Default::default);
+        auth.impersonate = Some(format!("system:serviceaccount:{ns}:{NAME}-controller"));
+        auth.impersonate_groups = Some(vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ]);
+    }
+    let path = dir.join("controller-kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}

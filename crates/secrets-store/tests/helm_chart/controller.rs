@@ -1,39 +1,21 @@
 //! The controller binary running as the chart's controller ServiceAccount (impersonated), under
 //! the chart's RBAC and admission policies: what it needs is enough to lead and roll.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::Kubeconfig;
 use secrets_store_testenv::{Cluster, eventually};
 
 use crate::NAME;
+use crate::chart::controller_kubeconfig;
 use crate::controller_proc::ControllerProc;
 
 const WAIT: Duration = Duration::from_secs(90);
 const RECORDED: &str = "secrets-store.csi.x-k8s.io/rolled-out-digest";
 const DIGEST: &str = "secrets-store.csi.x-k8s.io/secret-digest-chart-synced";
-
-/// A kubeconfig acting as the chart's controller ServiceAccount of release namespace `ns`.
-fn controller_kubeconfig(cluster: &Cluster, ns: &str, dir: &std::path::Path) -> PathBuf {
-    let mut config = Kubeconfig::read_from(cluster.kubeconfig_path()).unwrap();
-    for user in &mut config.auth_infos {
-        let auth = user.auth_info.get_or_insert_with(Default::default);
-        auth.impersonate = Some(format!("system:serviceaccount:{ns}:{NAME}-controller"));
-        auth.impersonate_groups = Some(vec![
-            "system:serviceaccounts".into(),
-            format!("system:serviceaccounts:{ns}"),
-            "system:authenticated".into(),
-        ]);
-    }
-    let path = dir.join("controller-kubeconfig");
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
-    path
-}
 
 /// With the chart installed (controller.enabled) in `ns`: the controller, as its own identity,
 /// takes the Lease, records a managed Secret of `workload_ns` at first sight, and rolls an

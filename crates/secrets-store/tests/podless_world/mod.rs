@@ -27,8 +27,9 @@ pub const WAIT: Duration = Duration::from_secs(90);
 pub const SEED_SA: &str = "nginx-deployment-sa";
 pub const SEED_CLASS: &str = "nginx-deployment-aws-secrets";
 
-/// The chart, installed once per test binary with the controller's pod-less sync on (and the
-/// node agent's cluster-wide policies off: nothing here is a node agent), in its own namespace.
+/// The chart, installed once per test binary with the controller's pod-less sync on, in its own
+/// namespace: every policy that confines the controller applies (the workloads policies include
+/// its Secret writes); the pod-status policy is off, nothing here is a node agent.
 pub fn release() -> &'static str {
     static RELEASE: OnceLock<String> = OnceLock::new();
     RELEASE.get_or_init(|| {
@@ -46,7 +47,7 @@ pub fn release() -> &'static str {
             "--kubeconfig",
             &kubeconfig,
             "--set",
-            "controller.enabled=true,controller.podlessSync.enabled=true,admissionPolicies.podStatuses=false,admissionPolicies.workloads=false",
+            "controller.enabled=true,controller.podlessSync.enabled=true,admissionPolicies.podStatuses=false",
         ]);
         ns
     })

@@ -20,6 +20,11 @@ const DRIVER: &str = "secrets-store.csi.k8s.io";
 /// The chart's object names (its default `nameOverride`).
 const CHART_NAME: &str = "secrets-store-rs";
 
+/// The repository's chart.
+fn chart_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/secrets-store-rs")
+}
+
 /// Values of one installation besides what the node itself dictates.
 #[derive(Debug, Clone)]
 pub struct AgentChart {
@@ -90,7 +95,7 @@ impl RealNode {
             "logVerbosity=1".into(),
         ];
         values.extend(chart.extra_values.iter().cloned());
-        let chart_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../charts/secrets-store-rs");
+        let chart_dir = chart_dir();
         let mut args: Vec<String> = vec![
             "install".into(),
             release.release.clone(),
@@ -238,6 +243,32 @@ impl AgentRelease {
         .map(String::from)
         .into();
         self.helm(node, &args)
+    }
+
+    /// `helm upgrade --reuse-values --wait` with more `--set` values (e.g. the controller's);
+    /// returns helm's arguments (as [`AgentRelease::install_args`]) and what it printed.
+    pub fn upgrade(
+        &self,
+        node: &RealNode,
+        sets: &[String],
+    ) -> Result<(Vec<String>, String), Error> {
+        let chart_dir = chart_dir();
+        let mut args: Vec<String> = vec![
+            "upgrade".into(),
+            self.release.clone(),
+            chart_dir.display().to_string(),
+            "--namespace".into(),
+            self.namespace.clone(),
+            "--reuse-values".into(),
+            "--wait".into(),
+            "--timeout".into(),
+            "120s".into(),
+        ];
+        for v in sets {
+            args.extend(["--set".into(), v.clone()]);
+        }
+        let out = self.helm(node, &args)?;
+        Ok((args, out))
     }
 
     /// Runs the pinned helm against the cluster, with its caches under the node dir (never the
