@@ -181,10 +181,14 @@ async fn reconcile_status(
         pod_status: status,
         files: VolumeFiles::OnDisk(&target),
     };
-    match ctx.sync.sync_volume(&request).await {
+    match ctx.sync.restore_volume(&request).await {
         Ok(report) => {
             if !report.applied.is_empty() {
                 tracing::info!(%namespace, secrets = ?report.applied, "restored synced Secrets");
+            }
+            if !report.left_alone.is_empty() {
+                tracing::debug!(%namespace, pod = %fields.pod_name, secrets = ?report.left_alone,
+                    "Secret data written by secrets-store from another fetch kept; this volume catches up on its next refresh");
             }
             Ok((later, SYNCED))
         }
