@@ -7,6 +7,8 @@
 mod common;
 mod e2e;
 
+#[path = "adversarial_sync/drift.rs"]
+mod drift;
 #[path = "adversarial_sync/memory.rs"]
 mod memory;
 #[path = "adversarial_sync/race.rs"]

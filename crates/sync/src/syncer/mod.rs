@@ -372,6 +372,13 @@ impl SecretSync {
         consumers
     }
 
+    /// The resourceVersion of managed Secret `namespace/name` as this syncer's watch last saw it:
+    /// a write that has not reached the watch yet has not triggered the drift reconciler yet
+    /// either.
+    pub fn watched_version(&self, namespace: &str, name: &str) -> Option<String> {
+        self.writer.watched_version(namespace, name)
+    }
+
     /// A client for callers that need their own API calls.
     pub fn client(&self) -> Client {
         self.client.clone()

@@ -101,6 +101,13 @@ impl SecretWriter {
         }
     }
 
+    /// The resourceVersion of managed Secret `namespace/name` as the watch last saw it.
+    pub(crate) fn watched_version(&self, namespace: &str, name: &str) -> Option<String> {
+        self.secrets
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+            .and_then(|s| s.metadata.resource_version.clone())
+    }
+
     /// Waits until the watch of managed Secrets has listed once.
     pub(crate) async fn ready(&self) {
         let _ = self.secrets.wait_until_ready().await;
