@@ -72,7 +72,7 @@ struct Fixture {
     ctx: Arc<Context>,
     volumes: Vec<Volume>,
     watches: Vec<tokio::task::JoinHandle<()>>,
-    _kubelet_dir: tempfile::TempDir,
+    kubelet_dir: tempfile::TempDir,
 }
 
 impl Fixture {
@@ -131,7 +131,7 @@ impl Fixture {
             ctx,
             volumes: Vec::new(),
             watches,
-            _kubelet_dir: kubelet_dir,
+            kubelet_dir,
         };
         for pod in pods {
             let volume = fixture.mount(pod).await;
@@ -158,7 +158,7 @@ impl Fixture {
             .await
             .unwrap();
         let uid = pod.metadata.uid.clone().unwrap();
-        let target = self._kubelet_dir.path().join(format!(
+        let target = self.kubelet_dir.path().join(format!(
             "pods/{uid}/volumes/kubernetes.io~csi/secrets/mount"
         ));
         Mounter::default().mount(&target).unwrap();
@@ -354,17 +354,14 @@ async fn a_volume_behind_a_rotation_never_writes_the_old_value_back() {
     );
     let other_watches = tokio::spawn(other_watches);
     tokio::time::timeout(WAIT, other.ready()).await.unwrap();
-    let elsewhere = Volume {
-        pod: fixture.volumes[a].pod.clone(),
-        status: fixture.volumes[a].status.clone(),
-        target: other_dir.path().to_path_buf(),
-    };
+    // Its pod and status stand in for one of that node's (the publish path reads neither's
+    // volume: the files are the provider's answer).
     let files = [(OBJECT.to_string(), SecretBytes::from(b"v3".to_vec()))].into();
     other
         .sync_volume(&SyncRequest {
-            pod: &elsewhere.pod,
+            pod: &fixture.volumes[a].pod,
             class: &fixture.class,
-            pod_status: &elsewhere.status,
+            pod_status: &fixture.volumes[a].status,
             files: VolumeFiles::InMemory(&files),
         })
         .await
