@@ -93,12 +93,14 @@ mod tests {
 
     /// A Secret with data `keys` and the managedFields `entries`.
     fn secret(keys: &[&str], entries: &[Entry]) -> Secret {
-        let mut secret = Secret::default();
-        secret.data = Some(
-            keys.iter()
-                .map(|k| (k.to_string(), ByteString(b"v".to_vec())))
-                .collect(),
-        );
+        let mut secret = Secret {
+            data: Some(
+                keys.iter()
+                    .map(|k| (k.to_string(), ByteString(b"v".to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
         let entry = |(manager, field, owned, seconds): &Entry| {
             let mut keys = serde_json::Map::new();
             keys.insert(".".into(), serde_json::json!({}));
