@@ -3,10 +3,13 @@
 //! exhaust its memory, make it write a Secret the API server fills with a token, or have it adopt
 //! a Secret of theirs; a forged pod status read by the drift reconciler copies nothing; a malformed
 //! rollout key cannot crash it; and a restarted agent does not serve publishes from empty caches.
+//! The drift reconciler undoes others' edits but never a rotation another volume wrote first.
 
 mod common;
 mod e2e;
 
+#[path = "adversarial_sync/drift.rs"]
+mod drift;
 #[path = "adversarial_sync/memory.rs"]
 mod memory;
 #[path = "adversarial_sync/race.rs"]

@@ -19,5 +19,7 @@ pub mod tls;
 pub use files::VolumeFiles;
 pub use hook::SecretSyncHook;
 pub use metrics::SyncMetrics;
-pub use syncer::{ClassLookup, SecretSync, SyncError, SyncReport, SyncRequest, SyncWatches};
+pub use syncer::{
+    ClassLookup, FIELD_MANAGER_PREFIX, SecretSync, SyncError, SyncReport, SyncRequest, SyncWatches,
+};
 pub use target::{NodeVolumes, UntrustedTarget, VerifiedTarget};

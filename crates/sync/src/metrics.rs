@@ -21,6 +21,9 @@ pub struct OutcomeLabels {
 pub const APPLIED: &str = "applied";
 /// Outcome of a Secret write that found it right already.
 pub const UNCHANGED: &str = "unchanged";
+/// Outcome of a drift reconcile's Secret write that kept data secrets-store wrote from another
+/// volume's or node's fetch (the reconciled volume holds other, possibly older, data).
+pub const LEFT_ALONE: &str = "left_alone";
 /// Outcome of a reconcile that synced the status's Secrets.
 pub const SYNCED: &str = "synced";
 /// Outcome of a reconcile with nothing to do (not mounted, no class, no pod, nothing synced).
@@ -46,7 +49,7 @@ impl SyncMetrics {
         // prometheus-client appends `_total` to counters.
         registry.register(
             "secrets",
-            "Synced Secret writes by outcome: applied, unchanged, or the error's reason",
+            "Synced Secret writes by outcome: applied, unchanged, left_alone, or the error's reason",
             metrics.secrets.clone(),
         );
         registry.register(
@@ -68,7 +71,7 @@ impl SyncMetrics {
         self.secrets.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    /// Counts what one class's write did: each Secret applied or unchanged, and the first error
+    /// Counts what one class's write did: each Secret applied, unchanged or left alone, and the first error
     /// (the others of that pass are in its log lines, not counted twice).
     pub(crate) fn secrets(&self, report: &crate::SyncReport, error: Option<&crate::SyncError>) {
         for _ in &report.applied {
@@ -76,6 +79,9 @@ impl SyncMetrics {
         }
         for _ in &report.unchanged {
             self.secret(UNCHANGED);
+        }
+        for _ in &report.left_alone {
+            self.secret(LEFT_ALONE);
         }
         if let Some(e) = error {
             self.secret(e.reason());

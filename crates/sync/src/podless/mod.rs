@@ -42,7 +42,7 @@ use secrets_store_api::labels::{PODLESS_OPT_IN, PODLESS_SERVICE_ACCOUNT};
 use secrets_store_provider::Provider;
 use tokio::sync::Notify;
 
-use crate::syncer::SecretWriter;
+use crate::syncer::{FIELD_MANAGER_PREFIX, SecretWriter};
 
 pub use config::{InvalidOptIn, JITTER, OptIn, RefreshBounds, jittered, opt_in};
 pub use error::PodlessError;
@@ -62,7 +62,9 @@ pub struct PodlessConfig {
     /// Life of each minted token, seconds (the API server's minimum is 600; the chart's
     /// admission policy refuses more than 3600).
     pub token_expiration_seconds: i64,
-    /// The field manager of the Secrets and statuses it writes.
+    /// The field manager of the Secrets and statuses it writes; it starts with
+    /// [`FIELD_MANAGER_PREFIX`], so the node agents' drift reconcilers take its data for
+    /// secrets-store's own and never write an older volume's over it.
     pub field_manager: String,
 }
 
@@ -72,7 +74,7 @@ impl Default for PodlessConfig {
             bounds: RefreshBounds::default(),
             concurrency: 8,
             token_expiration_seconds: 600,
-            field_manager: "secrets-store-rs/controller".into(),
+            field_manager: format!("{FIELD_MANAGER_PREFIX}controller"),
         }
     }
 }

@@ -22,6 +22,7 @@ use super::status::{self, Attempt, class_owner};
 use super::{PodlessContext, PodlessError};
 use crate::files::VolumeFiles;
 use crate::lifetime::SecretLifetime;
+use crate::syncer::Replace;
 
 /// What a successful sync did.
 struct Synced {
@@ -250,10 +251,15 @@ async fn sync(
     };
     let (report, error) = ctx
         .writer
-        .write_class(class, VolumeFiles::InMemory(&files), |_| {
-            let owners = owners.clone();
-            async move { owners }
-        })
+        .write_class(
+            class,
+            VolumeFiles::InMemory(&files),
+            |_| {
+                let owners = owners.clone();
+                async move { owners }
+            },
+            Replace::Any,
+        )
         .await;
     if let Some(e) = error {
         return Err(e.into());

@@ -1,7 +1,12 @@
 //! The drift reconciler: a kube-runtime `Controller` over this node's
-//! SecretProviderClassPodStatuses. It restores synced Secrets that were edited or deleted and
-//! retries failed syncs, reading each volume back from disk, but only from a target path
-//! [`crate::NodeVolumes::verify`] accepts; it never calls a provider.
+//! SecretProviderClassPodStatuses. It restores synced Secrets that someone else edited or deleted
+//! and creates ones a failed publish left missing, reading each volume back from disk, but only
+//! from a target path [`crate::NodeVolumes::verify`] accepts; it never calls a provider.
+//!
+//! It never replaces data that secrets-store itself wrote ([`crate::SecretSync::restore_volume`]):
+//! a volume read back may be behind one that refreshed first, here or on another node, and
+//! writing its older value would undo a rotation and roll workloads twice more. Such a volume
+//! catches up through its own refresh, which writes through the publish path.
 //!
 //! A status is reconciled when it changes, when a managed Secret its class syncs changes (the
 //! mapper reads the producer index, `index.rs`), after a failure with a per-object backoff, and every
@@ -181,10 +186,14 @@ async fn reconcile_status(
         pod_status: status,
         files: VolumeFiles::OnDisk(&target),
     };
-    match ctx.sync.sync_volume(&request).await {
+    match ctx.sync.restore_volume(&request).await {
         Ok(report) => {
             if !report.applied.is_empty() {
                 tracing::info!(%namespace, secrets = ?report.applied, "restored synced Secrets");
+            }
+            if !report.left_alone.is_empty() {
+                tracing::debug!(%namespace, pod = %fields.pod_name, secrets = ?report.left_alone,
+                    "Secret data written by secrets-store from another fetch kept; this volume catches up on its next refresh");
             }
             Ok((later, SYNCED))
         }

@@ -20,11 +20,13 @@ use crate::lifetime::{Consumer, InvalidLifetime, SecretLifetime, owner_reference
 use crate::metrics::{self, SyncMetrics};
 use crate::rollout::Rollout;
 use crate::target::{NodeVolumes, UntrustedTarget, VerifiedTarget};
+pub use authorship::FIELD_MANAGER_PREFIX;
 pub use watches::SyncWatches;
 use write::VerifiedVersions;
-pub(crate) use write::keep_version_only;
+pub(crate) use write::{Replace, keep_version_only};
 pub(crate) use writer::SecretWriter;
 
+mod authorship;
 mod watches;
 mod write;
 mod writer;
@@ -167,6 +169,10 @@ pub struct SyncReport {
     pub data_changed: Vec<(String, BTreeMap<String, SecretBytes>)>,
     /// Secrets that already matched.
     pub unchanged: Vec<String>,
+    /// Secrets the drift reconciler left as they are although this volume holds other data:
+    /// secrets-store wrote that data, from a fetch of another volume or node this volume has
+    /// not caught up with yet (its own refresh writes through the publish path).
+    pub left_alone: Vec<String>,
 }
 
 /// Looks up SecretProviderClasses by namespace and name (the node service's cache).
@@ -206,7 +212,7 @@ impl SecretSync {
         let (watches, stores) = SyncWatches::new(&client, &node_name, verified.clone());
         let writer = SecretWriter::with_watch(
             client.clone(),
-            format!("secrets-store-rs/{node_name}"),
+            format!("{FIELD_MANAGER_PREFIX}{node_name}"),
             stores.secrets,
             verified,
         );
@@ -250,10 +256,28 @@ impl SecretSync {
         );
     }
 
-    /// Creates or updates every Secret of `volume.class.spec.secretObjects`.
+    /// Creates or updates every Secret of `volume.class.spec.secretObjects` from content just
+    /// fetched (a publish or refresh): whatever a Secret holds, it takes the volume's data.
     ///
     /// Every Secret is attempted; the first error is returned after the others were written.
     pub async fn sync_volume(&self, volume: &SyncRequest<'_>) -> Result<SyncReport, SyncError> {
+        self.write_volume(volume, Replace::Any).await
+    }
+
+    /// Restores the Secrets of `volume.class.spec.secretObjects` from a volume read back by the
+    /// drift reconciler: creates missing ones, brings labels, annotations and owners back, and
+    /// replaces data only where someone other than secrets-store changed it. Data another
+    /// volume's or node's write set (from a fetch this volume may not have made yet) is left
+    /// alone and reported in [`SyncReport::left_alone`].
+    pub async fn restore_volume(&self, volume: &SyncRequest<'_>) -> Result<SyncReport, SyncError> {
+        self.write_volume(volume, Replace::OthersChanges).await
+    }
+
+    async fn write_volume(
+        &self,
+        volume: &SyncRequest<'_>,
+        replace: Replace,
+    ) -> Result<SyncReport, SyncError> {
         let namespace = volume.class.namespace().unwrap_or_default();
         let class_name = volume.class.name_any();
         let lifetime = SecretLifetime::from_annotations(volume.class.metadata.annotations.as_ref())
@@ -271,7 +295,7 @@ impl SecretSync {
         };
         let (report, first_error) = self
             .writer
-            .write_class(volume.class, volume.files, owners)
+            .write_class(volume.class, volume.files, owners, replace)
             .await;
         self.metrics.secrets(&report, first_error.as_ref());
         self.roll_out(&namespace, &report.data_changed).await;
@@ -348,6 +372,13 @@ impl SecretSync {
         consumers
     }
 
+    /// The resourceVersion of managed Secret `namespace/name` as this syncer's watch last saw it:
+    /// a write that has not reached the watch yet has not triggered the drift reconciler yet
+    /// either.
+    pub fn watched_version(&self, namespace: &str, name: &str) -> Option<String> {
+        self.writer.watched_version(namespace, name)
+    }
+
     /// A client for callers that need their own API calls.
     pub fn client(&self) -> Client {
         self.client.clone()
@@ -384,6 +415,8 @@ impl SecretSync {
 
 enum Outcome {
     Unchanged,
+    /// See [`SyncReport::left_alone`].
+    LeftAlone,
     Applied {
         data_changed: Option<BTreeMap<String, SecretBytes>>,
     },

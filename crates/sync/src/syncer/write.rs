@@ -19,6 +19,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use sha2::Sha256;
 
+use super::authorship::data_changed_by_others;
 use super::{Outcome, SyncError};
 use crate::desired::{DesiredSecret, is_managed};
 
@@ -150,12 +151,27 @@ fn refuses_uid(e: &kube::core::Status) -> bool {
             .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid"))
 }
 
+/// Whose data a write may replace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Replace {
+    /// Any: the content was just fetched (a publish or refresh of a volume, the pod-less sync),
+    /// so it is the newest there is.
+    Any,
+    /// Only data someone other than secrets-store changed (or a missing Secret): the content was
+    /// read back from one volume by the drift reconciler, and another volume or node may have
+    /// written newer content from a later fetch that this volume has not made yet.
+    OthersChanges,
+}
+
 /// How one read-then-write went.
 enum Attempt {
     Done {
         outcome: Outcome,
         resource_version: String,
     },
+    /// The Secret's data differs, but secrets-store wrote it and [`Replace::OthersChanges`] keeps
+    /// it: nothing written, and nothing remembered (the version does not hold the content).
+    LeftAlone,
     /// Someone created, deleted or replaced the Secret between our read and our write: the write
     /// was refused by its precondition.
     Raced,
@@ -168,6 +184,7 @@ pub(super) struct SecretWrite<'a> {
     pub(super) desired: &'a DesiredSecret,
     pub(super) owners: &'a [OwnerReference],
     pub(super) field_manager: &'a str,
+    pub(super) replace: Replace,
 }
 
 impl SecretWrite<'_> {
@@ -186,13 +203,16 @@ impl SecretWrite<'_> {
             return Ok(Outcome::Unchanged);
         }
         for _ in 0..ATTEMPTS {
-            if let Attempt::Done {
-                outcome,
-                resource_version,
-            } = self.attempt().await?
-            {
-                verified.remember(self.namespace, name, resource_version, fingerprint);
-                return Ok(outcome);
+            match self.attempt().await? {
+                Attempt::Done {
+                    outcome,
+                    resource_version,
+                } => {
+                    verified.remember(self.namespace, name, resource_version, fingerprint);
+                    return Ok(outcome);
+                }
+                Attempt::LeftAlone => return Ok(Outcome::LeftAlone),
+                Attempt::Raced => {}
             }
         }
         Err(SyncError::Contended {
@@ -232,13 +252,25 @@ impl SecretWrite<'_> {
                 resource_version: live.metadata.resource_version.unwrap_or_default(),
             });
         }
-        let live_data = live.data.unwrap_or_default();
-        let data_changed = live_data.len() != self.desired.data.len()
-            || self
-                .desired
-                .data
-                .iter()
-                .any(|(k, v)| live_data.get(k).is_none_or(|b| b.0 != v.expose()));
+        let data_changed = live.data.as_ref().is_none_or(|live_data| {
+            live_data.len() != self.desired.data.len()
+                || self
+                    .desired
+                    .data
+                    .iter()
+                    .any(|(k, v)| live_data.get(k).is_none_or(|b| b.0 != v.expose()))
+        });
+        // The drift reconciler must not undo a rotation: when volumes refresh one after another
+        // (on this node or others), the first writes the new value and the others still hold the
+        // old one for a while. Restoring from one of those would write the old value back and
+        // roll workloads twice more. So data that one of our writers set stays; the volume's own
+        // refresh brings it forward and writes through the publish path (Replace::Any).
+        if data_changed
+            && self.replace == Replace::OthersChanges
+            && !data_changed_by_others(&live, self.desired.data.keys())
+        {
+            return Ok(Attempt::LeftAlone);
+        }
         let mut secret = self.desired.to_secret(self.namespace, self.owners.to_vec());
         // The object read and found managed, not merely one of that name: an apply carrying its
         // uid is refused if it was deleted since (409) or replaced by another object (422 on

@@ -19,7 +19,7 @@ use secrets_store_api::labels;
 use secrets_store_provider::SecretBytes;
 use tokio::sync::{Mutex, Notify};
 
-use super::write::{SecretVersions, SecretWrite, VerifiedVersions, keep_version_only};
+use super::write::{Replace, SecretVersions, SecretWrite, VerifiedVersions, keep_version_only};
 use super::{Outcome, SyncError, SyncReport};
 use crate::desired::desired_secret;
 use crate::files::VolumeFiles;
@@ -101,6 +101,13 @@ impl SecretWriter {
         }
     }
 
+    /// The resourceVersion of managed Secret `namespace/name` as the watch last saw it.
+    pub(crate) fn watched_version(&self, namespace: &str, name: &str) -> Option<String> {
+        self.secrets
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+            .and_then(|s| s.metadata.resource_version.clone())
+    }
+
     /// Waits until the watch of managed Secrets has listed once.
     pub(crate) async fn ready(&self) {
         let _ = self.secrets.wait_until_ready().await;
@@ -108,27 +115,29 @@ impl SecretWriter {
 
     /// Creates or updates every Secret of `class.spec.secretObjects` in the class's namespace
     /// from `files`; `owners` gives the owner references of a Secret by name, computed under
-    /// that Secret's lock. Every Secret is attempted; the report says what each write did and
-    /// the first error, if any, comes back after the others were written.
+    /// that Secret's lock; `replace` says whose data may be replaced. Every Secret is attempted;
+    /// the report says what each write did and the first error, if any, comes back after the
+    /// others were written.
     pub(crate) async fn write_class<F, Fut>(
         &self,
         class: &SecretProviderClass,
         files: VolumeFiles<'_>,
         owners: F,
+        replace: Replace,
     ) -> (SyncReport, Option<SyncError>)
     where
         F: Fn(String) -> Fut,
         Fut: Future<Output = Vec<OwnerReference>>,
     {
-        let namespace = class.namespace().unwrap_or_default();
         let mut report = SyncReport::default();
         let mut first_error = None;
         for (index, object) in class.spec.secret_objects.iter().enumerate() {
             match self
-                .write_object(&namespace, class, index, object, files, &owners)
+                .write_object(class, index, object, files, &owners, replace)
                 .await
             {
                 Ok(Outcome::Unchanged) => report.unchanged.push(object.secret_name.clone()),
+                Ok(Outcome::LeftAlone) => report.left_alone.push(object.secret_name.clone()),
                 Ok(Outcome::Applied { data_changed }) => {
                     report.applied.push(object.secret_name.clone());
                     if let Some(data) = data_changed {
@@ -145,17 +154,18 @@ impl SecretWriter {
 
     async fn write_object<F, Fut>(
         &self,
-        namespace: &str,
         class: &SecretProviderClass,
         index: usize,
         object: &SecretObject,
         files: VolumeFiles<'_>,
         owners: &F,
+        replace: Replace,
     ) -> Result<Outcome, SyncError>
     where
         F: Fn(String) -> Fut,
         Fut: Future<Output = Vec<OwnerReference>>,
     {
+        let namespace = &class.namespace().unwrap_or_default();
         let lock = self.lock_for(namespace, object.secret_name.trim());
         let _guard = lock.lock().await;
         // Read the objects under the lock: a concurrent publish that rotates them then applies
@@ -183,6 +193,7 @@ impl SecretWriter {
             desired: &desired,
             owners: &owners,
             field_manager: &self.field_manager,
+            replace,
         }
         .run(&self.secrets, &self.verified)
         .await
