@@ -14,7 +14,7 @@ pub mod volume_context;
 pub mod writer;
 
 pub use error::{PublishError, UnpublishError};
-pub use locks::VolumeLocks;
+pub use locks::{KeyedGuard, KeyedLocks, VolumeLocks};
 pub use metrics::Metrics;
 pub use mounter::Mounter;
 pub use volume_context::VolumeContext;
