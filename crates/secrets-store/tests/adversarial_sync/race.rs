@@ -186,7 +186,7 @@ async fn a_secret_created_between_the_check_and_the_write_is_never_adopted() {
     let _logs = cluster.dump_logs_on_panic();
     let ns = cluster.new_namespace("adv-sync-race").await;
     let node = "adv-sync-race-node";
-    let field_manager = format!("secrets-store-rs/{node}");
+    let field_manager = secrets_store_api::names::secret_field_manager(node);
     let dir = tempfile::tempdir().unwrap();
     let (client, race) = racing_client(cluster, &ns).await;
     let (sync, watches) = SecretSync::new(
