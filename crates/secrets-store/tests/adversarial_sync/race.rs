@@ -20,6 +20,7 @@ use secrets_store_sync::{
     ClassLookup, NodeVolumes, SecretSync, SyncError, SyncRequest, VolumeFiles,
 };
 use secrets_store_testenv::Cluster;
+use secrets_store_testenv::fixtures::PodFixture;
 
 use super::WAIT;
 
@@ -122,10 +123,10 @@ async fn sync_secret(
             "data": [{"objectName": "object", "key": "value"}]}]}
     }))
     .unwrap();
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "p", "namespace": namespace, "uid": "00000000-0000-0000-0000-0000000000aa"}
-    }))
-    .unwrap();
+    let pod = PodFixture::new("p")
+        .in_namespace(namespace)
+        .with_uid("00000000-0000-0000-0000-0000000000aa")
+        .build();
     let status: SecretProviderClassPodStatus = serde_json::from_value(serde_json::json!({
         "apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClassPodStatus",
         "metadata": {"name": "p-status", "namespace": namespace,
