@@ -1,6 +1,5 @@
 //! One module per subcommand.
 
-pub mod check;
 pub mod controller;
 pub mod crds;
 pub mod node;
