@@ -229,8 +229,12 @@ async fn rotation_lands_on_the_poll_interval_without_a_kubelet_republish() {
     world.rotate("rotated-by-the-agent").await;
     wait_for_value(&world, &pods[0], "rotated-by-the-agent").await;
     let pod_name = pods[0].metadata.name.clone().unwrap();
-    let events = world.pod_events(&pod_name, "SecretRotationComplete").await;
-    assert!(!events.is_empty(), "the refresh reports like a republish");
+    // The Event is recorded after the file and the Secret are written, so it may trail them.
+    eventually(WAIT, "the refresh reports like a republish", || async {
+        let events = world.pod_events(&pod_name, "SecretRotationComplete").await;
+        (!events.is_empty()).then_some(())
+    })
+    .await;
 }
 
 /// Waits until `pod`'s mounted secret file and the synced `foosecret` both hold `value`.
