@@ -84,11 +84,6 @@ impl PodEffects {
         Self { client, recorder }
     }
 
-    /// The client, for hooks that need their own API calls.
-    pub fn client(&self) -> &kube::Client {
-        &self.client
-    }
-
     /// Creates or updates `status` with server-side apply and returns the stored object.
     pub async fn apply_status(
         &self,

@@ -13,7 +13,6 @@ use secrets_store_provider::{FileMode, conflicting_path, validate_path};
 use crate::arn::{Arn, ObjectKind};
 pub use crate::file_names::{file_name, parse_mode};
 use crate::jmes_path::{KeyPath, KeyPathError};
-pub use crate::limits::MAX_OBJECTS;
 use crate::limits::{Exceeded, Limit, SHOWN_NAME_BYTES, SHOWN_PATH_BYTES, shown};
 use crate::objects_yaml::{RawObject, parse_objects};
 

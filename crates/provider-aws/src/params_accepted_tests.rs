@@ -3,6 +3,7 @@
 
 use super::tests::{ARN_SM, ARN_SSM, attrs, objects, ok};
 use super::*;
+use crate::limits::MAX_OBJECTS;
 
 #[test]
 fn path_traversal_with_translation_off() {

@@ -247,9 +247,11 @@ async fn sockets_are_private() {
         .join("kubelet/plugins_registry")
         .join(format!("{}-reg.sock", e2e::DRIVER));
     // The registration socket is bound after the CSI socket the start waits for.
-    let meta = eventually(Duration::from_secs(30), "the registration socket", || async {
-        std::fs::metadata(&reg).ok()
-    })
+    let meta = eventually(
+        Duration::from_secs(30),
+        "the registration socket",
+        || async { std::fs::metadata(&reg).ok() },
+    )
     .await;
     assert_eq!(
         meta.permissions().mode() & 0o777,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use secrets_store_api::crd::SecretProviderClass;
-use secrets_store_provider_aws::params::MountParameters;
+use secrets_store_provider_aws::MountParameters;
 use serde_json::Value;
 
 use super::dry_run::dry_run;

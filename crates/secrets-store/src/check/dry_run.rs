@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrets_store_api::crd::SecretProviderClass;
 use secrets_store_provider::SecretBytes;
-use secrets_store_provider_aws::params::MountParameters;
+use secrets_store_provider_aws::MountParameters;
 
 use super::secret_objects::check_secret_objects;
 use super::{EXIT_ACCESS, Outcome};
@@ -25,8 +25,7 @@ pub(super) async fn dry_run(
         params.objects.len(),
         params.region
     ));
-    let results = match secrets_store_provider_aws::dry_run::dry_run(params, DRY_RUN_TIMEOUT).await
-    {
+    let results = match secrets_store_provider_aws::dry_run(params, DRY_RUN_TIMEOUT).await {
         Ok(r) => r,
         Err(e) => {
             out.line(format!("error: {e}"));

@@ -8,10 +8,9 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use secrets_store_api::duration::parse_duration;
 use secrets_store_api::names;
-use secrets_store_driver::mounter::DEFAULT_TMPFS_SIZE;
-use secrets_store_driver::server::{ServeConfig, parse_endpoint, serve};
 use secrets_store_driver::{
-    DEFAULT_PROVIDER_VOLUME, Metrics, Mounter, NodeConfig, NodeService, ProviderRegistry,
+    DEFAULT_PROVIDER_VOLUME, DEFAULT_TMPFS_SIZE, Metrics, Mounter, NodeConfig, NodeService,
+    ProviderRegistry, ServeConfig, parse_endpoint, serve,
 };
 use secrets_store_provider::grpc::client::{ClientConfig, ExternalProvider};
 use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig};

@@ -38,10 +38,10 @@ pub struct ProviderAwsArgs {
     #[arg(long = "cache-ttl-seconds", hide = true, value_parser = parse_duration)]
     pub deprecated_cache_ttl_seconds: Option<Duration>,
     /// EKS Pod Identity Agent URL (IPv4).
-    #[arg(long, default_value = secrets_store_provider_aws::identity::pod_identity::DEFAULT_IPV4_URL)]
+    #[arg(long, default_value = secrets_store_provider_aws::POD_IDENTITY_AGENT_IPV4_URL)]
     pub pod_identity_agent_ipv4_url: String,
     /// EKS Pod Identity Agent URL (IPv6).
-    #[arg(long, default_value = secrets_store_provider_aws::identity::pod_identity::DEFAULT_IPV6_URL)]
+    #[arg(long, default_value = secrets_store_provider_aws::POD_IDENTITY_AGENT_IPV6_URL)]
     pub pod_identity_agent_ipv6_url: String,
 }
 

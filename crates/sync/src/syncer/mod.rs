@@ -10,7 +10,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
 use secrets_store_api::{labels, names};
-use secrets_store_driver::mounter::MountTable;
+use secrets_store_driver::MountTable;
 use secrets_store_provider::SecretBytes;
 
 use crate::consumers::{consumers_of, pod_status_owner};
