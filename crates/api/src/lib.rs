@@ -3,7 +3,8 @@
 //! - [`crd`]: the `SecretProviderClass` and `SecretProviderClassPodStatus` custom resources
 //!   (group `secrets-store.csi.x-k8s.io`), schema-compatible with upstream v1.6, and their CRDs.
 //! - [`labels`]: label and annotation keys shared by the driver and the secret sync.
-//! - [`duration`]: the one parser of durations written as `30s`, `2m`, `1h`.
+//! - [`duration`]: the one parser of durations written as `30s`, `2m`, `1h` or seconds (`0.25`).
+//! - [`names`]: the field managers and Event reporter the agent acts under.
 //! - [`csi::v1`], [`provider::v1alpha1`], [`registration::v1`]: prost messages and tonic
 //!   clients/servers generated from our own `.proto` files, whose packages, names and field
 //!   numbers match the upstream wire contracts.
@@ -14,6 +15,7 @@
 pub mod crd;
 pub mod duration;
 pub mod labels;
+pub mod names;
 mod redact;
 
 /// Container Storage Interface messages and services.

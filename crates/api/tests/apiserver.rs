@@ -14,25 +14,6 @@ use secrets_store_api::crd::{
 use secrets_store_api::labels;
 use secrets_store_testenv::Cluster;
 
-const SEED_SPC: &str = r#"
-apiVersion: secrets-store.csi.x-k8s.io/v1
-kind: SecretProviderClass
-metadata:
-  name: nginx-deployment-aws-secrets
-spec:
-  provider: aws
-  secretObjects:
-  - data:
-    - key: SECRET_API_KEY
-      objectName: CSI-driver-test-secret
-    secretName: foosecret
-    type: Opaque
-  parameters:
-    objects: |
-        - objectName: "CSI-driver-test-secret"
-          objectType: "secretsmanager"
-"#;
-
 #[tokio::test]
 async fn seed_class_round_trips_and_v1alpha1_is_served() {
     let cluster = Cluster::shared();
@@ -40,7 +21,10 @@ async fn seed_class_round_trips_and_v1alpha1_is_served() {
     let ns = cluster.new_namespace("crd-spc").await;
     let client = cluster.client();
 
-    let spc: SecretProviderClass = serde_yaml::from_str(SEED_SPC).unwrap();
+    let spc: SecretProviderClass = serde_yaml::from_str(&secrets_store_testenv::seed::file(
+        "secretproviderclass.yaml",
+    ))
+    .unwrap();
     let api: Api<SecretProviderClass> = Api::namespaced(client.clone(), &ns);
     api.create(&PostParams::default(), &spc).await.unwrap();
     let stored = api.get("nginx-deployment-aws-secrets").await.unwrap();

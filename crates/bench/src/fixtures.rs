@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
-use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::api::{Api, ObjectMeta, PostParams};
 use secrets_store_api::crd::SecretProviderClass;
+use secrets_store_testenv::fixtures::{CsiDriverFixture, PodFixture};
 use secrets_store_testenv::kubelet::tokens::{TokenAudience, pod_tokens};
 use secrets_store_testenv::{AccountId, Cluster};
 
@@ -30,26 +30,19 @@ pub struct Tenant {
     pub secrets: Vec<String>,
 }
 
-/// Creates the cluster-wide CSIDriver object as both charts do with rotation on.
+/// The CSIDriver both stacks are measured with: the chart's, with rotation on and one token
+/// audience (sts.amazonaws.com) in the volume context, which upstream v1.6.0 reads too.
+pub fn csi_driver() -> CsiDriverFixture {
+    CsiDriverFixture::chart()
+        .with_rotation(true)
+        .with_token_audiences(&["sts.amazonaws.com"])
+        .with_tokens_in_secrets(false)
+}
+
+/// Applies the cluster-wide CSIDriver object ([`csi_driver`]).
 pub async fn ensure_csi_driver(cluster: &Cluster) -> anyhow::Result<()> {
-    let api: Api<CSIDriver> = Api::all(cluster.client());
-    let driver: CSIDriver = serde_json::from_value(serde_json::json!({
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "CSIDriver",
-        "metadata": {"name": DRIVER},
-        "spec": {
-            "attachRequired": false,
-            "podInfoOnMount": true,
-            "requiresRepublish": true,
-            "volumeLifecycleModes": ["Ephemeral"],
-            "tokenRequests": [{"audience": "sts.amazonaws.com"}],
-        }
-    }))?;
-    match api.create(&PostParams::default(), &driver).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    csi_driver().apply(&cluster.client()).await?;
+    Ok(())
 }
 
 /// Creates a tenant whose class lists `n_secrets` Secrets Manager secrets.
@@ -112,28 +105,13 @@ pub fn class(name: &str, secrets: &[String]) -> anyhow::Result<SecretProviderCla
 /// A pod on the test node mounting the tenant's class (already bound: the scheduler is not
 /// part of what is measured).
 pub fn pod(name: &str, node: &str) -> anyhow::Result<Pod> {
-    Ok(serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "serviceAccountName": SERVICE_ACCOUNT,
-            "volumes": [{
-                "name": VOLUME,
-                "csi": {
-                    "driver": DRIVER,
-                    "readOnly": true,
-                    "volumeAttributes": {"secretProviderClass": CLASS},
-                },
-            }],
-            "containers": [{
-                "name": "app",
-                "image": "registry.invalid/app:1",
-                "volumeMounts": [{"name": VOLUME, "mountPath": "/mnt/secrets-store", "readOnly": true}],
-            }],
-        },
-    }))?)
+    Ok(PodFixture::new(name)
+        .on_node(node)
+        .service_account(SERVICE_ACCOUNT)
+        .image("registry.invalid/app:1")
+        .with_csi_volume(VOLUME, CLASS)
+        .mounted_at(VOLUME, "/mnt/secrets-store")
+        .build())
 }
 
 /// The `csi.storage.k8s.io/serviceAccount.tokens` value kubelet passes for `pod`: a token for

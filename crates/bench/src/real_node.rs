@@ -535,23 +535,11 @@ impl UpstreamOnNode {
     }
 }
 
-/// The CSIDriver object our chart creates (`tokenRequests` sts.amazonaws.com only, tokens in the
-/// volume context: what upstream v1.6.0 reads), for the upstream driver's turn.
+/// The CSIDriver object our chart creates with `tokenRequests` sts.amazonaws.com only and tokens
+/// in the volume context (what upstream v1.6.0 reads), for the upstream driver's turn.
 async fn create_csi_driver(cluster: &Cluster) -> anyhow::Result<()> {
-    let driver: CSIDriver = serde_json::from_value(serde_json::json!({
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "CSIDriver",
-        "metadata": {"name": DRIVER},
-        "spec": {
-            "attachRequired": false,
-            "podInfoOnMount": true,
-            "requiresRepublish": true,
-            "volumeLifecycleModes": ["Ephemeral"],
-            "tokenRequests": [{"audience": "sts.amazonaws.com"}],
-        }
-    }))?;
-    Api::<CSIDriver>::all(cluster.client())
-        .create(&PostParams::default(), &driver)
+    crate::fixtures::csi_driver()
+        .apply(&cluster.client())
         .await?;
     Ok(())
 }

@@ -1,82 +1,119 @@
-//! Per-volume serialisation: calls for one target path run one at a time, different target
-//! paths run in parallel, and the map only holds entries for volumes with calls in flight.
+//! Per-key serialisation: calls for one key run one at a time, different keys run in parallel,
+//! and the map only holds entries for keys with calls in flight. The node service locks each
+//! volume (by target path, [`VolumeLocks`]); sync locks each Secret it writes.
 //!
 //! An unpublish must never wait behind a publish that cannot finish (a provider that accepts and
-//! never answers): [`VolumeLocks::preempt`] tells the holder of a volume's lock to give up, and a
-//! publish races its work against [`VolumeGuard::preempted`].
+//! never answers): [`KeyedLocks::preempt`] tells the holder of a key's lock to give up, and a
+//! publish races its work against [`KeyedGuard::preempted`].
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::hash::Hash;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Mutex as AsyncMutex, Notify, OwnedMutexGuard};
 
-/// One volume's lock and its preemption signal.
+/// One key's lock and its preemption signal.
 #[derive(Default)]
 struct Entry {
     lock: Arc<AsyncMutex<()>>,
-    /// Set by [`VolumeLocks::preempt`] until the preempting call holds the lock.
+    /// Set by [`KeyedLocks::preempt`] until the preempting call holds the lock.
     preempted: AtomicBool,
     wake: Notify,
 }
 
-/// A map of per-target-path locks whose entries are dropped when idle.
-#[derive(Clone, Default)]
-pub struct VolumeLocks {
-    inner: Arc<Mutex<HashMap<PathBuf, Arc<Entry>>>>,
+/// A map of per-key locks whose entries are dropped when idle.
+pub struct KeyedLocks<K> {
+    inner: Arc<Mutex<HashMap<K, Arc<Entry>>>>,
 }
 
-/// Holds one volume's lock; dropping it releases the lock and forgets idle entries.
-pub struct VolumeGuard {
+/// The node service's locks: one per volume, keyed by target path.
+pub type VolumeLocks = KeyedLocks<PathBuf>;
+
+/// Holds one key's lock; dropping it releases the lock and forgets idle entries.
+pub struct KeyedGuard<K: Hash + Eq> {
     guard: Option<OwnedMutexGuard<()>>,
     entry: Arc<Entry>,
-    key: PathBuf,
-    locks: VolumeLocks,
+    key: K,
+    locks: KeyedLocks<K>,
 }
 
-impl VolumeLocks {
-    /// Waits for and takes the lock of `target`.
-    pub async fn lock(&self, target: &Path) -> VolumeGuard {
-        let entry = self.entry(target);
+// Not derived: a derive would require `K: Clone`/`K: Default` for an `Arc` of a map.
+impl<K> Clone for KeyedLocks<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<K> Default for KeyedLocks<K> {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> KeyedLocks<K> {
+    /// Waits for and takes the lock of `key`.
+    pub async fn lock<Q>(&self, key: &Q) -> KeyedGuard<K>
+    where
+        K: Borrow<Q>,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+    {
+        let entry = self.entry(key);
         let guard = entry.lock.clone().lock_owned().await;
-        VolumeGuard {
+        KeyedGuard {
             guard: Some(guard),
             entry,
-            key: target.to_path_buf(),
+            key: key.to_owned(),
             locks: self.clone(),
         }
     }
 
-    /// Asks whoever holds `target`'s lock to give up, then waits for and takes the lock. The
+    /// Asks whoever holds `key`'s lock to give up, then waits for and takes the lock. The
     /// signal is cleared once the lock is ours, so later calls run undisturbed.
-    pub async fn preempt(&self, target: &Path) -> VolumeGuard {
-        let entry = self.entry(target);
+    pub async fn preempt<Q>(&self, key: &Q) -> KeyedGuard<K>
+    where
+        K: Borrow<Q>,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+    {
+        let entry = self.entry(key);
         entry.preempted.store(true, Ordering::SeqCst);
         entry.wake.notify_waiters();
-        let guard = self.lock(target).await;
+        let guard = self.lock(key).await;
         entry.preempted.store(false, Ordering::SeqCst);
         guard
     }
 
-    fn entry(&self, target: &Path) -> Arc<Entry> {
+    fn entry<Q>(&self, key: &Q) -> Arc<Entry>
+    where
+        K: Borrow<Q>,
+        Q: ToOwned<Owned = K> + Hash + Eq + ?Sized,
+    {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(target.to_path_buf()).or_default().clone()
+        if let Some(entry) = map.get(key) {
+            return Arc::clone(entry);
+        }
+        Arc::clone(map.entry(key.to_owned()).or_default())
     }
 
-    /// How many volumes currently have an entry (for tests and metrics).
+    /// How many keys currently have an entry (for tests and metrics).
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Whether no volume holds or awaits a lock.
+    /// Whether no key is held or awaited.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
-impl VolumeGuard {
-    /// Resolves once another call asked for this volume with [`VolumeLocks::preempt`].
+impl<K: Hash + Eq> KeyedGuard<K> {
+    /// Resolves once another call asked for this key with [`KeyedLocks::preempt`].
     pub async fn preempted(&self) {
         loop {
             let woken = self.entry.wake.notified();
@@ -90,7 +127,7 @@ impl VolumeGuard {
     }
 }
 
-impl Drop for VolumeGuard {
+impl<K: Hash + Eq> Drop for KeyedGuard<K> {
     fn drop(&mut self) {
         drop(self.guard.take());
         let mut map = self.locks.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -106,6 +143,8 @@ impl Drop for VolumeGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+    use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -162,5 +201,20 @@ mod tests {
         assert_eq!(locks.len(), 2);
         drop(_a);
         assert_eq!(locks.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn keys_that_borrow_as_tuples_of_strings_work_the_same() {
+        let locks: KeyedLocks<(String, String)> = KeyedLocks::default();
+        let key = ("ns".to_owned(), "secret".to_owned());
+        let held = locks.lock(&key).await;
+        let other = locks.lock(&("ns".to_owned(), "other".to_owned())).await;
+        assert_eq!(locks.len(), 2);
+        // The same key waits until the holder lets go.
+        assert!(locks.lock(&key).now_or_never().is_none());
+        drop(held);
+        drop(other);
+        drop(locks.lock(&key).await);
+        assert!(locks.is_empty());
     }
 }

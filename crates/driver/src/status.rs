@@ -3,17 +3,14 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use secrets_store_api::crd::{
     SecretProviderClassObject, SecretProviderClassPodStatus, SecretProviderClassPodStatusStatus,
 };
-use secrets_store_api::labels;
+use secrets_store_api::{labels, names};
 use secrets_store_provider::ObjectVersion;
 
 use crate::volume_context::VolumeContext;
-
-/// Field manager of every write this agent makes.
-pub const FIELD_MANAGER: &str = "secrets-store-rs";
 
 /// Builds the `SecretProviderClassPodStatus` a publish records (pure; applied by [`PodEffects`]).
 pub fn pod_status(
@@ -83,19 +80,8 @@ impl std::fmt::Debug for PodEffects {
 impl PodEffects {
     /// Effects reported as `secrets-store-rs` from `node_name`.
     pub fn new(client: kube::Client, node_name: &str) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: FIELD_MANAGER.into(),
-                instance: Some(node_name.to_string()),
-            },
-        );
+        let recorder = Recorder::new(client.clone(), names::reporter(node_name));
         Self { client, recorder }
-    }
-
-    /// The client, for hooks that need their own API calls.
-    pub fn client(&self) -> &kube::Client {
-        &self.client
     }
 
     /// Creates or updates `status` with server-side apply and returns the stored object.
@@ -113,7 +99,7 @@ impl PodEffects {
         body["kind"] = "SecretProviderClassPodStatus".into();
         api.patch(
             name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
+            &PatchParams::apply(names::STATUS_FIELD_MANAGER).force(),
             &Patch::Apply(body),
         )
         .await

@@ -194,12 +194,14 @@ impl<K: Eq + Hash + Clone, V: Clone> Coalescer<K, V> {
         map.remove(key);
     }
 
-    /// Number of entries (cached or in flight), for tests and metrics.
+    /// Number of entries (cached or in flight), for tests.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether nothing is cached or in flight.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

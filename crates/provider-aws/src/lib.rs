@@ -1,27 +1,32 @@
 //! The built-in AWS provider: AWS Secrets Manager and SSM Parameter Store objects mounted with the
 //! pod's own identity (IRSA or EKS Pod Identity), batched and coalesced across pods of a node.
 //!
-//! Layout: [`params`] (pure parsing/validation) → [`identity`] (per-pod credentials) →
-//! [`fetch`] (batched API calls behind [`coalesce`], node-level single-flight) → [`render`]
-//! (values → files). [`AwsProvider`] wires them behind the `Provider` trait.
+//! Layout: `params` (pure parsing/validation, bounded by `limits`) → `identity` (per-pod
+//! credentials) → `fetch` (batched API calls behind `coalesce`, node-level single-flight) →
+//! `render` (values → files). [`AwsProvider`] wires them behind the `Provider` trait.
+//!
+//! The modules are private; the re-exports below are the crate's map of what others use: the
+//! binary builds an [`AwsProvider`], `secrets-store check` runs [`validate`] and [`dry_run`],
+//! tests read the token audiences. What the fuzz targets reach inside is in [`fuzzing`], behind
+//! the `fuzzing` feature.
 
-pub mod arn;
-pub mod call_limit;
-pub mod calls;
-pub mod coalesce;
-pub mod dry_run;
-pub mod errors;
-pub mod fetch;
-pub mod file_names;
-pub mod identity;
-pub mod jmes_path;
-pub mod limits;
-pub mod metrics;
+mod arn;
+mod call_limit;
+mod calls;
+mod coalesce;
+mod dry_run;
+mod errors;
+mod fetch;
+mod file_names;
+mod identity;
+mod jmes_path;
+mod limits;
+mod metrics;
 mod mount;
 mod objects_yaml;
-pub mod params;
+mod params;
 mod region;
-pub mod render;
+mod render;
 
 use std::time::Duration;
 
@@ -33,9 +38,26 @@ use aws_sdk_sts::config::Region;
 use secrets_store_provider::{MountRequest, MountResponse, Provider, ProviderError};
 
 pub use call_limit::{CallLimit, DEFAULT_MAX_CONCURRENT_AWS_CALLS};
+pub use dry_run::{DryRunError, ObjectAccess, dry_run};
 pub use fetch::FetchConfig;
-pub use identity::PodIdentityAgentConfig;
+pub use identity::pod_identity::{
+    DEFAULT_IPV4_URL as POD_IDENTITY_AGENT_IPV4_URL,
+    DEFAULT_IPV6_URL as POD_IDENTITY_AGENT_IPV6_URL,
+};
+pub use identity::{IRSA_AUDIENCE, POD_IDENTITY_AUDIENCE, PodIdentityAgentConfig, token_for};
 pub use metrics::Metrics;
+pub use params::{MountParameters, uses_pod_identity};
+
+/// What the fuzz targets (`fuzz/`, replayed by `crates/secrets-store/tests/fuzz_corpus.rs`) call
+/// inside the provider: parsers and renderers with no I/O.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::arn::Arn;
+    pub use crate::jmes_path::{KeyPath, KeyPathError, Step};
+    pub use crate::limits::{Limit, MAX_JMES_PATH_BYTES};
+    pub use crate::params::{VersionSelector, parse as parse_parameters};
+    pub use crate::render::{FetchedValue, render_object};
+}
 
 /// The provider name in `SecretProviderClass.spec.provider`.
 pub const PROVIDER_NAME: &str = "aws";

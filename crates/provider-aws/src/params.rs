@@ -8,13 +8,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use secrets_store_provider::FileMode;
+use secrets_store_provider::{FileMode, conflicting_path, validate_path};
 
 use crate::arn::{Arn, ObjectKind};
-use crate::file_names::file_conflict;
-pub use crate::file_names::{check_file_name, file_name, parse_mode};
+pub use crate::file_names::{file_name, parse_mode};
 use crate::jmes_path::{KeyPath, KeyPathError};
-pub use crate::limits::MAX_OBJECTS;
 use crate::limits::{Exceeded, Limit, SHOWN_NAME_BYTES, SHOWN_PATH_BYTES, shown};
 use crate::objects_yaml::{RawObject, parse_objects};
 
@@ -368,7 +366,7 @@ fn validate_objects(
         } else {
             "objectAlias"
         };
-        check_file_name(&fname).map_err(|e| err(alias_field, e))?;
+        validate_path(&fname).map_err(|e| err(alias_field, e.to_string()))?;
 
         Limit::JmesEntries
             .check(r.jmes_path.len())
@@ -402,7 +400,7 @@ fn validate_objects(
                 ));
             }
             let jname = file_name(&entry.object_alias, translation);
-            check_file_name(&jname)
+            validate_path(&jname)
                 .map_err(|e| err("jmesPath", format!("entry {j} ({path}): {e}")))?;
             let jmode = match entry.file_permission.as_str() {
                 "" => None,
@@ -524,7 +522,7 @@ fn validate_objects(
             }
         }
         for f in std::iter::once(&fname).chain(jmes.iter().map(|j| &j.file_name)) {
-            if let Some((path, other)) = file_conflict(&files, f) {
+            if let Some((path, other)) = conflicting_path(&files, f) {
                 let reason = if path == f {
                     format!("writes file {f:?}, which object {other:?} also writes")
                 } else {

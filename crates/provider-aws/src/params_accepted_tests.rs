@@ -3,6 +3,7 @@
 
 use super::tests::{ARN_SM, ARN_SSM, attrs, objects, ok};
 use super::*;
+use crate::limits::MAX_OBJECTS;
 
 #[test]
 fn path_traversal_with_translation_off() {
@@ -200,18 +201,31 @@ fn modes() {
     assert!(parse_mode("00000").is_err());
 }
 
+/// Aliases go through the provider path contract ([`secrets_store_provider::validate_path`],
+/// whose own table is in crates/provider): what it refuses, the class refuses, naming the field.
 #[test]
-fn file_name_checks() {
-    for bad in ["", "..", "a/..", "../a", "a/./b", "a\0b", "..data", "x/..y"] {
-        assert!(check_file_name(bad).is_err(), "{bad:?} accepted");
+fn aliases_follow_the_path_contract() {
+    let with_alias = |alias: &str| {
+        let mut a = objects(&format!(
+            "- objectName: a\n  objectType: secretsmanager\n  objectAlias: {alias:?}"
+        ));
+        a.insert("pathTranslation".into(), "False".into());
+        parse(&a, None)
+    };
+    for bad in [
+        "..", "a/..", "../a", "a/./b", "a\0b", "..data", "x/..y", "a//b",
+    ] {
+        let e = with_alias(bad).unwrap_err().to_string();
+        assert!(e.contains("objectAlias: path"), "{bad:?}: {e}");
     }
     for good in ["a", "a.b", "a..b", ".hidden", "dir/file", "x y"] {
-        assert!(check_file_name(good).is_ok(), "{good:?} refused");
+        let p = with_alias(good).unwrap_or_else(|e| panic!("{good:?} refused: {e}"));
+        assert_eq!(p.objects[0].file_name, good);
     }
     // As deep as the driver writes, and no deeper.
-    let deepest = ["d"; crate::file_names::MAX_FILE_DEPTH].join("/");
-    assert_eq!(check_file_name(&deepest), Ok(()));
-    let e = check_file_name(&format!("{deepest}/e")).unwrap_err();
+    let deepest = ["d"; secrets_store_provider::MAX_PATH_DEPTH].join("/");
+    assert!(with_alias(&deepest).is_ok());
+    let e = with_alias(&format!("{deepest}/e")).unwrap_err().to_string();
     assert!(e.contains("has more than 16 components"), "{e}");
 }
 
@@ -285,7 +299,10 @@ fn random_classes_never_panic_and_accepted_names_are_safe() {
             let mut seen = std::collections::HashSet::new();
             for o in &p.objects {
                 for f in std::iter::once(&o.file_name).chain(o.jmes.iter().map(|j| &j.file_name)) {
-                    assert!(check_file_name(f).is_ok(), "unsafe {f:?} from\n{yaml}");
+                    assert!(
+                        secrets_store_provider::validate_path(f).is_ok(),
+                        "unsafe {f:?} from\n{yaml}"
+                    );
                     assert!(seen.insert(f.clone()), "duplicate {f:?} from\n{yaml}");
                 }
             }

@@ -6,10 +6,14 @@
 //! API by an adapter that implements the same trait, and our AWS provider can be served over that
 //! API to the upstream Go driver by the reverse adapter.
 
+mod file_path;
 pub mod grpc;
 mod secret;
 mod types;
 
+pub use file_path::{
+    MAX_ELEMENT_LEN, MAX_PATH_DEPTH, MAX_PATH_LEN, PathError, conflicting_path, validate_path,
+};
 pub use secret::SecretBytes;
 pub use types::{
     Attributes, DEFAULT_FILE_PERMISSION, FileMode, MountRequest, MountResponse, ObjectVersion,

@@ -62,7 +62,8 @@ impl fmt::Debug for Attributes {
 /// One file of a volume, relative to the volume root.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProviderFile {
-    /// Relative path inside the volume (validated again by the driver before writing).
+    /// Relative path inside the volume, under the contract of [`crate::validate_path`] (checked
+    /// by whoever produces it and again by the driver before writing).
     pub path: String,
     /// Permission bits.
     pub mode: FileMode,

@@ -345,6 +345,11 @@ async fn unsafe_paths_and_modes_are_rejected() {
         ("../escape", 0o644),
         ("/etc/passwd", 0o644),
         ("", 0o644),
+        // The path contract (secrets_store_provider::validate_path), not only what escapes.
+        ("..data", 0o644),
+        ("a/..b", 0o644),
+        ("a/./b", 0o644),
+        ("a\0b", 0o644),
         ("ok", -1),
         ("ok", 0o4755),
     ] {

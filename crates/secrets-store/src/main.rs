@@ -26,7 +26,7 @@ enum Command {
     /// Serve only the AWS provider over upstream's v1alpha1 API (for the upstream Go driver).
     ProviderAws(cmd::provider_aws::ProviderAwsArgs),
     /// Validate a SecretProviderClass offline (and with --dry-run, fetch without writing).
-    Check(cmd::check::CheckArgs),
+    Check(secrets_store::check::CheckArgs),
     /// Print the CustomResourceDefinitions.
     Crds(cmd::crds::CrdsArgs),
 }
@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Node(args) => cmd::node::run(args).await.map(|()| ok),
         Command::Controller(args) => cmd::controller::run(args).await.map(|()| ok),
         Command::ProviderAws(args) => cmd::provider_aws::run(args).await.map(|()| ok),
-        Command::Check(args) => cmd::check::run(args).await,
+        Command::Check(args) => secrets_store::check::run(args).await,
         Command::Crds(args) => cmd::crds::run(args).map(|()| ok),
     }
 }

@@ -27,6 +27,7 @@ use kube::{Client, ResourceExt};
 use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
 use secrets_store_api::labels;
 use secrets_store_testenv::Cluster;
+use secrets_store_testenv::fixtures::PodFixture;
 
 use e2e::{DRIVER, SEED_SECRET, VOLUME, World, eventually, seed_file};
 
@@ -94,18 +95,10 @@ impl Tenant {
     /// A pod of the tenant's, placed on the test node directly (`spec.nodeName`; no kubelet
     /// serves this namespace, so it stays Pending), with a volume of our driver using `class`.
     async fn pod_on_node(&self, name: &str, node: &str, class: &str) -> Pod {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name},
-            "spec": {
-                "nodeName": node,
-                "volumes": [{"name": VOLUME, "csi": {"driver": DRIVER, "readOnly": true,
-                    "volumeAttributes": {"secretProviderClass": class}}}],
-                "containers": [{"name": "app", "image": "nginx:1.14.2"}]
-            }
-        }))
-        .unwrap();
-        Api::<Pod>::namespaced(self.client.clone(), &self.ns)
-            .create(&PostParams::default(), &pod)
+        PodFixture::new(name)
+            .on_node(node)
+            .with_csi_volume(VOLUME, class)
+            .create(&self.client, &self.ns)
             .await
             .unwrap()
     }

@@ -2,118 +2,40 @@
 //! the sync's `secretObjects` rules), pod/workload checks, exit codes, and `--dry-run` against a
 //! real moto with ambient (environment) credentials.
 //!
-//! Every case runs the command in a child process with a controlled environment: the real
-//! `secrets-store check` once `main.rs` wires the subcommand, and until then this test binary
-//! re-executed into [`cli_child_entry`], which calls the same `cmd::check::run`.
-
-#[path = "../src/cmd/check.rs"]
-#[allow(dead_code)]
-mod check;
+//! Every case runs the real `secrets-store check` in a child process with a controlled
+//! environment; the flag parsing is also checked in process through the library
+//! (`secrets_store::check`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::Parser;
+use secrets_store::check;
 use secrets_store_testenv::Cluster;
+use secrets_store_testenv::seed;
 
-const CHILD_ENV: &str = "SECRETS_STORE_CHECK_CHILD_ARGS";
-const SEP: char = '\u{1f}';
+/// The seed walk-through's class, as shipped in `examples/seed/`.
+fn seed_class() -> String {
+    seed::file("secretproviderclass.yaml")
+}
 
-/// The seed walk-through's class, verbatim.
-const SEED_SPC: &str = r#"apiVersion: secrets-store.csi.x-k8s.io/v1
-kind: SecretProviderClass
-metadata:
-  name: nginx-deployment-aws-secrets
-spec:
-  provider: aws
-  secretObjects:
-  - data:
-    - key: SECRET_API_KEY
-      objectName: CSI-driver-test-secret
-    secretName: foosecret
-    type: Opaque
-  parameters:
-    objects: |
-        - objectName: "CSI-driver-test-secret"
-          objectType: "secretsmanager"
-"#;
+/// The seed walk-through's Deployment, as shipped in `examples/seed/`.
+fn seed_deployment() -> String {
+    seed::file("test-nginx.yaml")
+}
 
-/// The seed walk-through's Deployment, verbatim.
-const SEED_DEPLOYMENT: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: csi-secret-driver-test-nginx-deployment
-  labels:
-    app: nginx
-spec:
-  replicas: 3
-  selector:
-    matchLabels:
-      app: nginx
-  template:
-    metadata:
-      labels:
-        app: nginx
-    spec:
-      serviceAccountName: nginx-deployment-sa
-      volumes:
-      - name: secrets-store-inline
-        csi:
-          driver: secrets-store.csi.k8s.io
-          readOnly: true
-          volumeAttributes:
-            secretProviderClass: nginx-deployment-aws-secrets
-      containers:
-      - name: nginx
-        image: nginx:1.14.2
-        ports:
-        - containerPort: 80
-        volumeMounts:
-        - name: secrets-store-inline
-          mountPath: "/mnt/secrets-store"
-          readOnly: true
-        env:
-        - name: SECRET_API_KEY
-          valueFrom:
-            secretKeyRef:
-              name: foosecret
-              key: SECRET_API_KEY
-"#;
-
-/// `secrets-store check` as a CLI for the child.
+/// `secrets-store check` as a CLI.
 #[derive(Parser, Debug)]
 struct Cli {
     #[command(flatten)]
     args: check::CheckArgs,
 }
 
-/// Whether the real binary has the `check` subcommand yet.
-fn binary_has_check() -> bool {
-    Command::new(env!("CARGO_BIN_EXE_secrets-store"))
-        .args(["check", "--help"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Runs `check <args>` with only `env` as AWS environment; returns (exit code, stdout).
 fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut cmd = if binary_has_check() {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_secrets-store"));
-        c.arg("check").args(args);
-        c
-    } else {
-        let mut c = Command::new(std::env::current_exe().unwrap());
-        c.args([
-            "--exact",
-            "cli_child_entry",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD_ENV, args.join(&SEP.to_string()));
-        c
-    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_secrets-store"));
+    cmd.arg("check").args(args);
     for var in [
         "AWS_REGION",
         "AWS_DEFAULT_REGION",
@@ -143,44 +65,25 @@ fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     (code, stdout)
 }
 
-/// Inside a child: run `check` with the given args and exit with its code. As a plain test: the
-/// documented flags parse.
-#[tokio::test]
-async fn cli_child_entry() {
-    match std::env::var(CHILD_ENV) {
-        Ok(joined) => {
-            let argv = std::iter::once("check").chain(joined.split(SEP).filter(|a| !a.is_empty()));
-            let cli = match Cli::try_parse_from(argv) {
-                Ok(cli) => cli,
-                Err(e) => {
-                    eprintln!("{e}");
-                    std::process::exit(check::EXIT_USAGE.into());
-                }
-            };
-            let outcome = check::check(&cli.args).await;
-            print!("{}", outcome.report);
-            std::io::stdout().flush().unwrap();
-            std::process::exit(outcome.code.into());
-        }
-        Err(_) => {
-            let cli = Cli::try_parse_from([
-                "check",
-                "-f",
-                "spc.yaml",
-                "--pod",
-                "pod.yaml",
-                "--dry-run",
-                "--region",
-                "eu-west-1",
-            ])
-            .unwrap();
-            assert_eq!(cli.args.file, PathBuf::from("spc.yaml"));
-            assert_eq!(cli.args.pod, Some(PathBuf::from("pod.yaml")));
-            assert!(cli.args.dry_run);
-            assert_eq!(cli.args.region.as_deref(), Some("eu-west-1"));
-            assert!(Cli::try_parse_from(["check"]).is_err(), "-f is required");
-        }
-    }
+/// The documented flags parse, and `-f` is required.
+#[test]
+fn documented_flags_parse() {
+    let cli = Cli::try_parse_from([
+        "check",
+        "-f",
+        "spc.yaml",
+        "--pod",
+        "pod.yaml",
+        "--dry-run",
+        "--region",
+        "eu-west-1",
+    ])
+    .unwrap();
+    assert_eq!(cli.args.file, PathBuf::from("spc.yaml"));
+    assert_eq!(cli.args.pod, Some(PathBuf::from("pod.yaml")));
+    assert!(cli.args.dry_run);
+    assert_eq!(cli.args.region.as_deref(), Some("eu-west-1"));
+    assert!(Cli::try_parse_from(["check"]).is_err(), "-f is required");
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
@@ -200,7 +103,7 @@ fn class(objects: &str, extra_params: &str, secret_objects: &str) -> String {
 #[test]
 fn seed_class_is_valid_and_prints_the_mapping() {
     let dir = tempfile::tempdir().unwrap();
-    let spc = write(dir.path(), "spc.yaml", SEED_SPC);
+    let spc = write(dir.path(), "spc.yaml", &seed_class());
     let (code, out) = cli(&["-f", &spc], &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -222,8 +125,8 @@ fn seed_class_is_valid_and_prints_the_mapping() {
 #[test]
 fn seed_deployment_mounts_the_class_and_reads_a_synced_key() {
     let dir = tempfile::tempdir().unwrap();
-    let spc = write(dir.path(), "spc.yaml", SEED_SPC);
-    let pod = write(dir.path(), "deploy.yaml", SEED_DEPLOYMENT);
+    let spc = write(dir.path(), "spc.yaml", &seed_class());
+    let pod = write(dir.path(), "deploy.yaml", &seed_deployment());
     let (code, out) = cli(&["-f", &spc, "--pod", &pod, "--region", "us-east-1"], &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -241,7 +144,7 @@ fn seed_deployment_mounts_the_class_and_reads_a_synced_key() {
 #[test]
 fn pod_mistakes_are_invalid() {
     let dir = tempfile::tempdir().unwrap();
-    let spc = write(dir.path(), "spc.yaml", SEED_SPC);
+    let spc = write(dir.path(), "spc.yaml", &seed_class());
     for (case, from, to, expect) in [
         (
             "wrong class",
@@ -262,8 +165,9 @@ fn pod_mistakes_are_invalid() {
             "gets keys [SECRET_API_KEY] from secretObjects, not \"API_KEY\"",
         ),
     ] {
-        let text = SEED_DEPLOYMENT.replacen(from, to, 1);
-        assert_ne!(text, SEED_DEPLOYMENT, "{case}: fixture edit applied");
+        let deployment = seed_deployment();
+        let text = deployment.replacen(from, to, 1);
+        assert_ne!(text, deployment, "{case}: fixture edit applied");
         let pod = write(dir.path(), "deploy.yaml", &text);
         let (code, out) = cli(&["-f", &spc, "--pod", &pod, "--region", "us-east-1"], &[]);
         assert_eq!(code, 1, "{case}: {out}");
@@ -275,7 +179,7 @@ fn pod_mistakes_are_invalid() {
     let spc_ns = write(
         dir.path(),
         "spc-ns.yaml",
-        &SEED_SPC.replace(
+        &seed_class().replace(
             "  name: nginx-deployment-aws-secrets\n",
             "  name: nginx-deployment-aws-secrets\n  namespace: team-a\n",
         ),
@@ -410,7 +314,7 @@ fn usage_errors_exit_2() {
     let (code, out) = cli(&["-f", &cm], &[]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("no SecretProviderClass found"), "{out}");
-    let spc = write(dir.path(), "spc.yaml", SEED_SPC);
+    let spc = write(dir.path(), "spc.yaml", &seed_class());
     let (code, out) = cli(&["-f", &spc, "--pod", &cm], &[]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("no object of kind Pod"), "{out}");

@@ -246,7 +246,13 @@ async fn sockets_are_private() {
         .path()
         .join("kubelet/plugins_registry")
         .join(format!("{}-reg.sock", e2e::DRIVER));
-    let meta = std::fs::metadata(&reg).unwrap_or_else(|e| panic!("{reg:?}: {e}"));
+    // The registration socket is bound after the CSI socket the start waits for.
+    let meta = eventually(
+        Duration::from_secs(30),
+        "the registration socket",
+        || async { std::fs::metadata(&reg).ok() },
+    )
+    .await;
     assert_eq!(
         meta.permissions().mode() & 0o777,
         0o600,

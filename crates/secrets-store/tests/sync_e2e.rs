@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 
 use e2e::{World, eventually};
+use secrets_store_testenv::fixtures::PodFixture;
 
 const WAIT: Duration = Duration::from_secs(90);
 const DEPLOYMENT: &str = "csi-secret-driver-test-nginx-deployment";
@@ -228,8 +229,12 @@ async fn rotation_lands_on_the_poll_interval_without_a_kubelet_republish() {
     world.rotate("rotated-by-the-agent").await;
     wait_for_value(&world, &pods[0], "rotated-by-the-agent").await;
     let pod_name = pods[0].metadata.name.clone().unwrap();
-    let events = world.pod_events(&pod_name, "SecretRotationComplete").await;
-    assert!(!events.is_empty(), "the refresh reports like a republish");
+    // The Event is recorded after the file and the Secret are written, so it may trail them.
+    eventually(WAIT, "the refresh reports like a republish", || async {
+        let events = world.pod_events(&pod_name, "SecretRotationComplete").await;
+        (!events.is_empty()).then_some(())
+    })
+    .await;
 }
 
 /// Waits until `pod`'s mounted secret file and the synced `foosecret` both hold `value`.
@@ -385,7 +390,6 @@ async fn two_classes_many_secret_objects_tls_and_jmespath() {
         .unwrap();
 
     let client = world.cluster.client();
-    let pp = kube::api::PostParams::default();
     world.apply_service_account(&role).await;
     world
         .apply_class(
@@ -435,28 +439,14 @@ spec:
 "#,
         )
         .await;
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "app"},
-        "spec": {
-            "serviceAccountName": "nginx-deployment-sa",
-            "volumes": [
-                {"name": "db", "csi": {"driver": e2e::DRIVER, "readOnly": true, "volumeAttributes": {"secretProviderClass": "app-db"}}},
-                {"name": "tls", "csi": {"driver": e2e::DRIVER, "readOnly": true, "volumeAttributes": {"secretProviderClass": "app-tls"}}}
-            ],
-            "containers": [{
-                "name": "nginx",
-                "image": "nginx:1.14.2",
-                "env": [
-                    {"name": "DB_USER", "valueFrom": {"secretKeyRef": {"name": "db", "key": "username"}}},
-                    {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
-                    {"name": "DB_PORT", "valueFrom": {"secretKeyRef": {"name": "db-extra", "key": "port"}}}
-                ]
-            }]
-        }
-    }))
-    .unwrap();
-    Api::<Pod>::namespaced(client, &world.namespace)
-        .create(&pp, &pod)
+    PodFixture::new("app")
+        .service_account("nginx-deployment-sa")
+        .with_csi_volume("db", "app-db")
+        .with_csi_volume("tls", "app-tls")
+        .env_from_secret("DB_USER", "db", "username")
+        .env_from_secret("DB_PASSWORD", "db", "password")
+        .env_from_secret("DB_PORT", "db-extra", "port")
+        .create(&client, &world.namespace)
         .await
         .unwrap();
     let pods = world.running_pods(1).await;

@@ -4,8 +4,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use secrets_store_api::crd::SecretObject;
-use secrets_store_driver::writer::validate_path;
-use secrets_store_provider::SecretBytes;
+use secrets_store_provider::{SecretBytes, validate_path};
 
 use crate::target::VerifiedTarget;
 

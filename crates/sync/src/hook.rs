@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use secrets_store_api::crd::SecretProviderClass;
-use secrets_store_driver::classes::ClassCache;
+use secrets_store_driver::ClassCache;
 use secrets_store_driver::{AfterMount, AfterMountError, MountedVolume};
 use secrets_store_provider::SecretBytes;
 

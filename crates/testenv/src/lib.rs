@@ -10,6 +10,7 @@ mod apiserver;
 pub mod ascp;
 mod certs;
 mod cluster;
+pub mod fixtures;
 pub mod kubelet;
 mod moto;
 pub mod node_agent;

@@ -162,7 +162,7 @@ impl OurAwsProvider {
         Self::start_with(cluster, binary, provider_dir, aws_endpoint, &[], "info")
     }
 
-    /// [`OurAwsProvider::start`] with extra flags (e.g. `--cache-ttl-seconds`) and a `RUST_LOG`.
+    /// [`OurAwsProvider::start`] with extra flags (e.g. `--aws-cache-ttl-seconds`) and a `RUST_LOG`.
     pub fn start_with(
         cluster: &Cluster,
         binary: &Path,

@@ -1,25 +1,8 @@
 use super::*;
 use kube::Resource;
 
-/// The SecretProviderClass from the seed walk-through, verbatim.
-const SEED_SPC: &str = r#"
-apiVersion: secrets-store.csi.x-k8s.io/v1
-kind: SecretProviderClass
-metadata:
-  name: nginx-deployment-aws-secrets
-spec:
-  provider: aws
-  secretObjects:
-  - data:
-    - key: SECRET_API_KEY
-      objectName: CSI-driver-test-secret
-    secretName: foosecret
-    type: Opaque
-  parameters:
-    objects: |
-        - objectName: "CSI-driver-test-secret"
-          objectType: "secretsmanager"
-"#;
+/// The SecretProviderClass from the seed walk-through, as shipped in `examples/seed/`.
+const SEED_SPC: &str = include_str!("../../../../examples/seed/secretproviderclass.yaml");
 
 #[test]
 fn seed_secret_provider_class_deserializes() {

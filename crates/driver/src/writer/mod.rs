@@ -9,16 +9,13 @@
 //! A reader that resolves `..data` once sees one complete payload; a reader that opens visible
 //! names one by one sees each file complete, never partially written.
 
-mod paths;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use paths::{MAX_ELEMENT_LEN, MAX_PATH_LEN, PathError, validate_path};
-use secrets_store_provider::{FileMode, ProviderFile};
+use secrets_store_provider::{FileMode, PathError, ProviderFile, conflicting_path, validate_path};
 
 /// Name of the symlink pointing at the current payload directory.
 pub const DATA_DIR_NAME: &str = "..data";
@@ -85,9 +82,10 @@ impl AtomicWriter {
         }
     }
 
-    /// Validates every path of `files` without touching the disk.
+    /// Validates every path of `files` (the provider path contract, and no two files colliding)
+    /// and every mode without touching the disk.
     pub fn validate(files: &[ProviderFile]) -> Result<(), WriteError> {
-        let mut seen = BTreeSet::new();
+        let mut seen: BTreeMap<&str, ()> = BTreeMap::new();
         for f in files {
             validate_path(&f.path)?;
             if f.mode & !0o7777 != 0 {
@@ -96,19 +94,17 @@ impl AtomicWriter {
                     mode: f.mode,
                 });
             }
-            if !seen.insert(f.path.as_str()) {
-                return Err(PathError::Conflict(f.path.clone()).into());
+            // The same path twice, or a file that is also a directory of another ("a", "a/b"):
+            // named by the shorter path, the one that would have to be both.
+            if let Some((other, ())) = conflicting_path(&seen, &f.path) {
+                let both = if other.len() < f.path.len() {
+                    *other
+                } else {
+                    f.path.as_str()
+                };
+                return Err(PathError::Conflict(both.to_owned()).into());
             }
-        }
-        // A file cannot also be a directory of another file ("a" and "a/b").
-        for f in files {
-            let mut prefix = f.path.as_str();
-            while let Some((parent, _)) = prefix.rsplit_once('/') {
-                if seen.contains(parent) {
-                    return Err(PathError::Conflict(parent.to_string()).into());
-                }
-                prefix = parent;
-            }
+            seen.insert(f.path.as_str(), ());
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! socket, speaking exactly what the upstream Go driver sends.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::{API_VERSION, DEFAULT_MAX_RESPONSE_BYTES, code_to_kind, error_code_to_kind, scrub};
 use crate::{
     Attributes, FileMode, MountRequest, MountResponse, ObjectVersion, Provider, ProviderError,
-    ProviderErrorKind, ProviderFile,
+    ProviderErrorKind, ProviderFile, validate_path,
 };
 
 /// How the client talks to an external provider.
@@ -272,20 +272,12 @@ impl ExternalProvider {
         })
     }
 
-    /// Checks what can be checked without the target directory; the driver validates paths
-    /// again before writing.
+    /// Checks what can be checked without the target directory: the path contract, the mode.
+    /// The driver validates paths again before writing.
     fn file(&self, file: wire::File) -> Result<ProviderFile, ProviderError> {
-        let path = Path::new(&file.path);
-        let safe = !file.path.is_empty()
-            && !file.path.contains('\0')
-            && path
-                .components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-        if !safe {
-            return Err(self.invalid(format_args!(
-                "unsafe file path {:?}",
-                scrub(&file.path, &[])
-            )));
+        if let Err(e) = validate_path(&file.path) {
+            // The message echoes a bounded path; scrub also drops control characters.
+            return Err(self.invalid(format_args!("unsafe file {}", scrub(&e.to_string(), &[]))));
         }
         let mode = FileMode::try_from(file.mode)
             .ok()

@@ -21,7 +21,8 @@ use secrets_store_sync::podless::{self, PodlessConfig, PodlessContext, PodlessMe
 use secrets_store_sync::rollout::RolloutMetrics;
 use secrets_store_sync::rollout::controller as rollout;
 
-use super::{ListenAddr, parse_addr, parse_seconds};
+use super::{ListenAddr, parse_addr};
+use secrets_store_api::duration::parse_duration;
 
 /// Flags of `secrets-store controller`.
 #[derive(clap::Args, Debug, Clone)]
@@ -39,14 +40,14 @@ pub struct ControllerArgs {
     pub leader_identity: Option<String>,
     /// Seconds a standby waits, after last seeing the Lease renewed, before taking it over
     /// (fractions allowed).
-    #[arg(long, default_value = "15", value_parser = parse_seconds)]
+    #[arg(long, default_value = "15", value_parser = parse_duration)]
     pub lease_duration_seconds: Duration,
     /// Seconds the leader keeps acting without a successful renewal; must be shorter than the
     /// lease duration, so it stops before a standby may take over.
-    #[arg(long, default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, default_value = "10", value_parser = parse_duration)]
     pub lease_renew_deadline_seconds: Duration,
     /// Seconds between acquire tries and between renewals.
-    #[arg(long, default_value = "2", value_parser = parse_seconds)]
+    #[arg(long, default_value = "2", value_parser = parse_duration)]
     pub lease_retry_period_seconds: Duration,
     /// `/metrics` listen address; empty disables.
     #[arg(long, default_value = "0.0.0.0:8095", value_parser = parse_addr)]
@@ -119,10 +120,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         leader.clone(),
     );
     let rollout_metrics = RolloutMetrics::register(registry.sub_registry_with_prefix("rollout"));
-    let reporter = Reporter {
-        controller: "secrets-store-rs-controller".into(),
-        instance: Some(lease.identity.clone()),
-    };
+    let reporter = secrets_store_api::names::controller_reporter(&lease.identity);
     let leadership = Leadership::default();
     let podless = if args.podless_sync {
         Some(podless_parts(&client, &reporter, &mut registry).await)

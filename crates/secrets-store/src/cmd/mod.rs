@@ -1,6 +1,5 @@
 //! One module per subcommand.
 
-pub mod check;
 pub mod controller;
 pub mod crds;
 pub mod node;
@@ -16,7 +15,8 @@ pub async fn kube_client(component: &str) -> anyhow::Result<kube::Client> {
         .await
         .context("no Kubernetes client config (in-cluster or KUBECONFIG)")?;
     let agent = format!(
-        "secrets-store-rs/{} ({component})",
+        "{}/{} ({component})",
+        secrets_store_api::names::PRODUCT,
         env!("CARGO_PKG_VERSION")
     );
     config.headers.push((
@@ -40,15 +40,9 @@ pub fn parse_addr(s: &str) -> Result<ListenAddr, String> {
         .map_err(|e| format!("invalid address {s:?}: {e}"))
 }
 
-/// A number of seconds, fractions allowed (`5`, `0.25`), as a clap value parser: the AWS cache
-/// TTL is set in seconds, and a benchmark that scales every interval down needs fractions.
-pub fn parse_seconds(s: &str) -> Result<std::time::Duration, String> {
-    s.trim()
-        .parse::<f64>()
-        .ok()
-        .and_then(|n| std::time::Duration::try_from_secs_f64(n).ok())
-        .ok_or_else(|| format!("invalid number of seconds {s:?}: expected e.g. 5 or 0.5"))
-}
+/// The environment variable of the AWS provider's coalescing TTL (`--aws-cache-ttl-seconds`),
+/// read by `secrets-store node` and `secrets-store provider-aws` alike.
+pub const AWS_CACHE_TTL_ENV: &str = "AWS_PROVIDER_CACHE_TTL_SECONDS";
 
 /// A byte count as a Kubernetes quantity (`32Mi`, `512Ki`, `1Gi`) or plain bytes, as a clap
 /// value parser.
@@ -67,8 +61,6 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     #[test]
     fn empty_address_disables() {
         assert_eq!(super::parse_addr(""), Ok(super::ListenAddr(None)));
@@ -84,16 +76,6 @@ mod tests {
         assert_eq!(super::parse_bytes("4096"), Ok(4096));
         for bad in ["", "Mi", "-1Mi", "1.5Mi", "32MB", "99999999999Gi"] {
             assert!(super::parse_bytes(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn seconds_take_fractions_and_refuse_the_rest() {
-        assert_eq!(super::parse_seconds("5"), Ok(Duration::from_secs(5)));
-        assert_eq!(super::parse_seconds("0.25"), Ok(Duration::from_millis(250)));
-        assert_eq!(super::parse_seconds("0"), Ok(Duration::ZERO));
-        for bad in ["-1", "NaN", "inf", "5s", ""] {
-            assert!(super::parse_seconds(bad).is_err(), "{bad}");
         }
     }
 }

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 use secrets_store_api::duration::parse_duration;
-use secrets_store_driver::mounter::DEFAULT_TMPFS_SIZE;
-use secrets_store_driver::server::{ServeConfig, parse_endpoint, serve};
+use secrets_store_api::names;
 use secrets_store_driver::{
-    DEFAULT_PROVIDER_VOLUME, Metrics, Mounter, NodeConfig, NodeService, ProviderRegistry,
+    DEFAULT_PROVIDER_VOLUME, DEFAULT_TMPFS_SIZE, Metrics, Mounter, NodeConfig, NodeService,
+    ProviderRegistry, ServeConfig, parse_endpoint, serve,
 };
 use secrets_store_provider::grpc::client::{ClientConfig, ExternalProvider};
 use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig};
@@ -97,8 +96,9 @@ pub struct NodeArgs {
     #[arg(long)]
     pub no_aws_provider: bool,
     /// Seconds the AWS provider shares a fetched value between pods of the same identity
-    /// (fractions allowed; 0 disables).
-    #[arg(long, env = "AWS_PROVIDER_CACHE_TTL_SECONDS", default_value = "5", value_parser = super::parse_seconds)]
+    /// (fractions allowed, or `2s`-style; 0 disables). The same flag and variable as
+    /// `secrets-store provider-aws`.
+    #[arg(long, env = super::AWS_CACHE_TTL_ENV, default_value = "5", value_parser = parse_duration)]
     pub aws_cache_ttl_seconds: Duration,
     /// Periodically call `Version` on every external provider socket and log unhealthy ones.
     #[arg(long)]
@@ -186,7 +186,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         // The watches fill the syncer's caches and trigger its drift reconciler.
         tokio::spawn(watches.reconcile(reconciler::Context::new(
             sync.clone(),
-            reporter(&args.node_id),
+            names::reporter(&args.node_id),
             args.secret_reconcile_interval,
         )));
         secret_sync = Some(sync.clone());
@@ -290,7 +290,11 @@ fn external_connector(
 /// The node agent's rollout. Opt-in per workload; its key is loaded on first use (and retried), so
 /// an unreachable API server or a malformed key Secret never stops the agent or the sync.
 fn node_rollout(client: &kube::Client, args: &NodeArgs) -> Rollout {
-    let rollout = Rollout::new(client.clone(), &args.namespace, reporter(&args.node_id));
+    let rollout = Rollout::new(
+        client.clone(),
+        &args.namespace,
+        names::reporter(&args.node_id),
+    );
     tokio::spawn({
         let rollout = rollout.clone();
         async move {
@@ -300,13 +304,6 @@ fn node_rollout(client: &kube::Client, args: &NodeArgs) -> Rollout {
         }
     });
     rollout
-}
-
-fn reporter(node: &str) -> Reporter {
-    Reporter {
-        controller: "secrets-store-rs".into(),
-        instance: Some(node.to_string()),
-    }
 }
 
 /// Calls `Version` on every provider socket each `period` and logs the ones that do not answer

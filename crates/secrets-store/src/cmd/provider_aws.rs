@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrets_store_api::duration::parse_duration;
 use secrets_store_provider_aws::{AwsProvider, AwsProviderConfig, Metrics, PodIdentityAgentConfig};
 
 /// Flags of `secrets-store provider-aws`.
@@ -27,16 +28,37 @@ pub struct ProviderAwsArgs {
     /// One endpoint for every AWS service (normally unset; `AWS_ENDPOINT_URL*` also work).
     #[arg(long)]
     pub endpoint_url: Option<String>,
-    /// Seconds a fetched value serves other mounts of the same identity (fractions allowed;
-    /// 0 disables).
-    #[arg(long, env = "AWS_PROVIDER_CACHE_TTL_SECONDS", default_value = "5", value_parser = super::parse_seconds)]
-    pub cache_ttl_seconds: Duration,
+    /// Seconds a fetched value serves other mounts of the same identity (fractions allowed, or
+    /// a duration such as `500ms`; 0 disables). The same flag and variable as
+    /// `secrets-store node`.
+    #[arg(long, env = super::AWS_CACHE_TTL_ENV, default_value = "5", value_parser = parse_duration)]
+    pub aws_cache_ttl_seconds: Duration,
+    /// Deprecated spelling of `--aws-cache-ttl-seconds`; still accepted (with a warning) so
+    /// existing manifests keep working.
+    #[arg(long = "cache-ttl-seconds", hide = true, value_parser = parse_duration)]
+    pub deprecated_cache_ttl_seconds: Option<Duration>,
     /// EKS Pod Identity Agent URL (IPv4).
-    #[arg(long, default_value = secrets_store_provider_aws::identity::pod_identity::DEFAULT_IPV4_URL)]
+    #[arg(long, default_value = secrets_store_provider_aws::POD_IDENTITY_AGENT_IPV4_URL)]
     pub pod_identity_agent_ipv4_url: String,
     /// EKS Pod Identity Agent URL (IPv6).
-    #[arg(long, default_value = secrets_store_provider_aws::identity::pod_identity::DEFAULT_IPV6_URL)]
+    #[arg(long, default_value = secrets_store_provider_aws::POD_IDENTITY_AGENT_IPV6_URL)]
     pub pod_identity_agent_ipv6_url: String,
+}
+
+impl ProviderAwsArgs {
+    /// The coalescing TTL: `--aws-cache-ttl-seconds`, or the deprecated `--cache-ttl-seconds`
+    /// when that was given.
+    fn cache_ttl(&self) -> Duration {
+        match self.deprecated_cache_ttl_seconds {
+            Some(ttl) => {
+                tracing::warn!(
+                    "--cache-ttl-seconds is deprecated and will be removed; use --aws-cache-ttl-seconds (the name `secrets-store node` uses)"
+                );
+                ttl
+            }
+            None => self.aws_cache_ttl_seconds,
+        }
+    }
 }
 
 /// Runs the provider server until SIGINT/SIGTERM.
@@ -46,7 +68,7 @@ pub async fn run(args: ProviderAwsArgs) -> anyhow::Result<()> {
     )?;
     let mut config = AwsProviderConfig::from_env();
     config.endpoint_url = args.endpoint_url.clone();
-    config.cache_ttl = args.cache_ttl_seconds;
+    config.cache_ttl = args.cache_ttl();
     config.pod_identity = PodIdentityAgentConfig {
         ipv4_url: args.pod_identity_agent_ipv4_url.clone(),
         ipv6_url: args.pod_identity_agent_ipv6_url.clone(),
@@ -69,4 +91,36 @@ pub async fn run(args: ProviderAwsArgs) -> anyhow::Result<()> {
         .await
         .context("serving the provider API")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProviderAwsArgs,
+    }
+
+    fn parse(flags: &[&str]) -> ProviderAwsArgs {
+        let argv = std::iter::once("provider-aws").chain(flags.iter().copied());
+        Cli::try_parse_from(argv).expect("flags parse").args
+    }
+
+    #[test]
+    fn the_cache_ttl_has_one_name_and_a_hidden_deprecated_alias() {
+        assert_eq!(
+            parse(&["--aws-cache-ttl-seconds", "0.5"]).cache_ttl(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse(&["--cache-ttl-seconds", "2"]).cache_ttl(),
+            Duration::from_secs(2)
+        );
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--aws-cache-ttl-seconds"), "{help}");
+        assert!(!help.contains("--cache-ttl-seconds"), "{help}");
+    }
 }

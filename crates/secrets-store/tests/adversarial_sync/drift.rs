@@ -18,7 +18,7 @@ use secrets_store_api::crd::{
     SecretProviderClass, SecretProviderClassPodStatus, SecretProviderClassPodStatusStatus,
 };
 use secrets_store_api::labels;
-use secrets_store_driver::mounter::Mounter;
+use secrets_store_driver::Mounter;
 use secrets_store_provider::SecretBytes;
 use secrets_store_sync::reconciler::{Context, reconcile};
 use secrets_store_sync::rollout::{ROLLOUT_ANNOTATION, Rollout};

@@ -20,6 +20,7 @@ use secrets_store_sync::{
     ClassLookup, NodeVolumes, SecretSync, SyncError, SyncRequest, VolumeFiles,
 };
 use secrets_store_testenv::Cluster;
+use secrets_store_testenv::fixtures::PodFixture;
 
 use super::WAIT;
 
@@ -122,10 +123,10 @@ async fn sync_secret(
             "data": [{"objectName": "object", "key": "value"}]}]}
     }))
     .unwrap();
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "p", "namespace": namespace, "uid": "00000000-0000-0000-0000-0000000000aa"}
-    }))
-    .unwrap();
+    let pod = PodFixture::new("p")
+        .in_namespace(namespace)
+        .with_uid("00000000-0000-0000-0000-0000000000aa")
+        .build();
     let status: SecretProviderClassPodStatus = serde_json::from_value(serde_json::json!({
         "apiVersion": "secrets-store.csi.x-k8s.io/v1", "kind": "SecretProviderClassPodStatus",
         "metadata": {"name": "p-status", "namespace": namespace,
@@ -186,7 +187,7 @@ async fn a_secret_created_between_the_check_and_the_write_is_never_adopted() {
     let _logs = cluster.dump_logs_on_panic();
     let ns = cluster.new_namespace("adv-sync-race").await;
     let node = "adv-sync-race-node";
-    let field_manager = format!("secrets-store-rs/{node}");
+    let field_manager = secrets_store_api::names::secret_field_manager(node);
     let dir = tempfile::tempdir().unwrap();
     let (client, race) = racing_client(cluster, &ns).await;
     let (sync, watches) = SecretSync::new(

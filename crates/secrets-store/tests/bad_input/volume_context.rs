@@ -4,11 +4,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use secrets_store_driver::VolumeContext;
-use secrets_store_driver::volume_context::{
+use secrets_store_driver::{
     EPHEMERAL_KEY, POD_NAME_KEY, POD_NAMESPACE_KEY, POD_UID_KEY, SECRET_PROVIDER_CLASS_KEY,
     SERVICE_ACCOUNT_NAME_KEY, TOKENS_KEY,
 };
-use secrets_store_provider_aws::identity::{IRSA_AUDIENCE, POD_IDENTITY_AUDIENCE, token_for};
+use secrets_store_provider_aws::{IRSA_AUDIENCE, POD_IDENTITY_AUDIENCE, token_for};
 
 use super::{Tally, expect_names};
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
-use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::api::{Api, ListParams, PostParams};
 use secrets_store_api::crd::SecretProviderClass;
+use secrets_store_testenv::fixtures::{CsiDriverFixture, PodFixture};
 use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
 use secrets_store_testenv::{AccountId, Cluster};
 
@@ -26,27 +26,16 @@ pub use secrets_store_testenv::seed::file as seed_file;
 
 pub use secrets_store_testenv::eventually;
 
-/// Creates the cluster-wide CSIDriver object as the chart does (rotation on), once per cluster.
+/// Applies the cluster-wide CSIDriver object as the chart renders it with rotation on and
+/// `serviceAccountTokenInSecrets=false` (tokens in the volume context, which the upstream driver
+/// v1.6.0 in `upstream_driver.rs` reads too).
 pub async fn ensure_csi_driver(cluster: &Cluster) {
-    let api: Api<CSIDriver> = Api::all(cluster.client());
-    let driver: CSIDriver = serde_json::from_value(serde_json::json!({
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "CSIDriver",
-        "metadata": {"name": DRIVER},
-        "spec": {
-            "attachRequired": false,
-            "podInfoOnMount": true,
-            "requiresRepublish": true,
-            "volumeLifecycleModes": ["Ephemeral"],
-            "tokenRequests": [{"audience": "sts.amazonaws.com"}, {"audience": "pods.eks.amazonaws.com"}],
-        }
-    }))
-    .unwrap();
-    match api.create(&PostParams::default(), &driver).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => panic!("creating CSIDriver: {e}"),
-    }
+    CsiDriverFixture::chart()
+        .with_rotation(true)
+        .with_tokens_in_secrets(false)
+        .apply(&cluster.client())
+        .await
+        .expect("applying the chart's CSIDriver");
 }
 
 /// Creates the seed's AWS side in `account` (testenv's [`secrets_store_testenv::seed::seed_aws`]).
@@ -365,18 +354,10 @@ impl World {
     /// Creates a bare pod `name` (the seed's ServiceAccount) with one CSI volume [`VOLUME`]
     /// using class `class`.
     pub async fn class_pod(&self, name: &str, class: &str) {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name},
-            "spec": {
-                "serviceAccountName": "nginx-deployment-sa",
-                "volumes": [{"name": VOLUME, "csi": {"driver": DRIVER, "readOnly": true,
-                    "volumeAttributes": {"secretProviderClass": class}}}],
-                "containers": [{"name": "nginx", "image": "nginx:1.14.2"}]
-            }
-        }))
-        .unwrap();
-        Api::<Pod>::namespaced(self.cluster.client(), &self.namespace)
-            .create(&PostParams::default(), &pod)
+        PodFixture::new(name)
+            .service_account("nginx-deployment-sa")
+            .with_csi_volume(VOLUME, class)
+            .create(&self.cluster.client(), &self.namespace)
             .await
             .unwrap();
     }

@@ -2,11 +2,10 @@
 
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
 use secrets_store_api::csi::v1 as csi;
 use secrets_store_api::csi::v1::node_client::NodeClient;
 use secrets_store_testenv::Cluster;
+use secrets_store_testenv::fixtures::PodFixture;
 use secrets_store_testenv::kubelet::tokens::{TokenAudience, pod_tokens};
 use tonic::transport::Channel;
 
@@ -27,14 +26,9 @@ pub struct DirectPod {
 impl DirectPod {
     /// Creates the pod and its tokens.
     pub async fn create(cluster: &Cluster, side: &Side, name: &str) -> Self {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name},
-            "spec": {"serviceAccountName": side.service_account,
-                "containers": [{"name": "app", "image": "busybox"}]}
-        }))
-        .unwrap();
-        let pod = Api::<Pod>::namespaced(cluster.client(), &side.namespace)
-            .create(&PostParams::default(), &pod)
+        let pod = PodFixture::new(name)
+            .service_account(&side.service_account)
+            .create(&cluster.client(), &side.namespace)
             .await
             .unwrap();
         let audiences =

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use secrets_store_testenv::fixtures::PodFixture;
 use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
 use secrets_store_testenv::{AccountId, Cluster};
 
-use crate::e2e::{AgentOptions, DRIVER, VOLUME, World, eventually};
+use crate::e2e::{AgentOptions, VOLUME, World, eventually};
 use crate::leaks::assert_no_value_under;
 
 /// The secret both roles ask for (also its file name in the volume).
@@ -223,18 +224,11 @@ pub fn interleaved(round: usize, a: &Side, b: &Side, n: usize, b_first: bool) ->
 pub async fn create_pods(cluster: &Cluster, racers: &[Racer]) {
     let mut tasks = tokio::task::JoinSet::new();
     for r in racers {
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": r.name},
-            "spec": {
-                "serviceAccountName": r.service_account,
-                "volumes": [{"name": VOLUME, "csi": {"driver": DRIVER, "readOnly": true,
-                    "volumeAttributes": {"secretProviderClass": CLASS}}}],
-                "containers": [{"name": "app", "image": "busybox"}]
-            }
-        }))
-        .unwrap();
-        let api = Api::<Pod>::namespaced(cluster.client(), &r.namespace);
-        tasks.spawn(async move { api.create(&PostParams::default(), &pod).await });
+        let pod = PodFixture::new(&r.name)
+            .service_account(&r.service_account)
+            .with_csi_volume(VOLUME, CLASS);
+        let (client, namespace) = (cluster.client(), r.namespace.clone());
+        tasks.spawn(async move { pod.create(&client, &namespace).await });
     }
     while let Some(done) = tasks.join_next().await {
         done.unwrap().expect("creating a racer pod");

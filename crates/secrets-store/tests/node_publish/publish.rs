@@ -141,7 +141,7 @@ async fn publish_through_the_builtin_aws_provider() {
     .unwrap();
     classes.create(&PostParams::default(), &spc).await.unwrap();
 
-    w.create_pod_as("app", "app", json!({"secretProviderClass": "aws-db"}))
+    w.create_pod_as("app", "app", [("secretProviderClass", "aws-db")])
         .await;
     w.wait_published("app").await;
     let uid = w.pod_uid("app").await;

@@ -6,19 +6,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Pod};
-use k8s_openapi::api::storage::v1::CSIDriver;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use secrets_store_api::crd::SecretProviderClass;
 use secrets_store_api::csi::v1 as csi;
 use secrets_store_testenv::Cluster;
+use secrets_store_testenv::fixtures::{CsiDriverFixture, PodFixture};
 use secrets_store_testenv::kubelet::{KubeletConfig, KubeletSim};
 use serde_json::json;
 
 use crate::common::Driver;
 use crate::common::test_provider::TestProvider;
 
-/// The CSI driver name kubelet (the simulator) routes volumes by.
-pub const DRIVER: &str = "secrets-store.csi.k8s.io";
 /// The test provider's name (its socket in the provider volume).
 pub const PROVIDER: &str = "testprov";
 
@@ -42,28 +40,6 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-async fn ensure_csidriver(client: &kube::Client) {
-    let api: Api<CSIDriver> = Api::all(client.clone());
-    let body = json!({
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "CSIDriver",
-        "metadata": {"name": DRIVER},
-        "spec": {
-            "attachRequired": false,
-            "podInfoOnMount": true,
-            "volumeLifecycleModes": ["Ephemeral"],
-            "tokenRequests": [{"audience": "sts.amazonaws.com"}],
-        }
-    });
-    api.patch(
-        DRIVER,
-        &PatchParams::apply("node-publish-test").force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .expect("applying CSIDriver");
 }
 
 /// Starts `secrets-store node` on `root` with the providers in `providers`, metrics and
@@ -124,7 +100,12 @@ impl World {
     pub async fn new(prefix: &str) -> Self {
         let cluster = Cluster::shared();
         let client = cluster.client();
-        ensure_csidriver(&client).await;
+        // The chart's CSIDriver with default values: tokens for both audiences, in the
+        // secrets field (serviceAccountTokenInSecrets), no republish.
+        CsiDriverFixture::chart()
+            .apply(&client)
+            .await
+            .expect("applying the chart's CSIDriver");
         let ns = cluster.new_namespace(prefix).await;
         let root = tempfile::tempdir().unwrap();
         let providers = root.path().join("providers");
@@ -170,35 +151,24 @@ impl World {
     /// Creates a pod of the default ServiceAccount with one CSI volume using `class`.
     pub async fn create_pod(&self, name: &str, class: &str) -> Pod {
         // A volume attribute overrides the class parameter of the same name.
-        let attrs = json!({"secretProviderClass": class, "region": "pod-region"});
+        let attrs = [("secretProviderClass", class), ("region", "pod-region")];
         self.create_pod_as(name, "default", attrs).await
     }
 
-    /// Creates a pod of `service_account` with one CSI volume of `attrs`.
-    pub async fn create_pod_as(
+    /// Creates a pod of `service_account` with one CSI volume `secrets` of `attrs`.
+    pub async fn create_pod_as<'a>(
         &self,
         name: &str,
         service_account: &str,
-        attrs: serde_json::Value,
+        attrs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Pod {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
-        let pod: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name},
-            "spec": {
-                "serviceAccountName": service_account,
-                "containers": [{"name": "app", "image": "example.invalid/app:1",
-                    "volumeMounts": [{"name": "secrets", "mountPath": "/mnt/secrets", "readOnly": true}]}],
-                "volumes": [{"name": "secrets", "csi": {
-                    "driver": DRIVER,
-                    "readOnly": true,
-                    "volumeAttributes": attrs
-                }}]
-            }
-        }))
-        .unwrap();
-        api.create(&PostParams::default(), &pod).await.unwrap()
+        PodFixture::new(name)
+            .service_account(service_account)
+            .with_csi_volume_attributes("secrets", attrs)
+            .mounted_at("secrets", "/mnt/secrets")
+            .create(&self.client, &self.ns)
+            .await
+            .unwrap()
     }
 
     /// The uid of pod `name`.

@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 use secrets_store_api::crd::SecretProviderClass;
 use secrets_store_provider::{ObjectVersion, SecretBytes};
 use secrets_store_provider_aws::PROVIDER_NAME;
-use secrets_store_provider_aws::params::uses_pod_identity;
+use secrets_store_provider_aws::uses_pod_identity;
 
 use super::config::{OptIn, jittered, opt_in, service_account_opted_in};
 use super::request::mount_request;

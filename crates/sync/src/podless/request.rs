@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use secrets_store_api::crd::SecretProviderClass;
-use secrets_store_driver::volume_context::{
+use secrets_store_driver::{
     POD_NAME_KEY, POD_NAMESPACE_KEY, SECRET_PROVIDER_CLASS_KEY, SERVICE_ACCOUNT_NAME_KEY,
     ServiceAccountTokens, TOKENS_KEY,
 };

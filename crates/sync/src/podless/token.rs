@@ -10,8 +10,8 @@ use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Client;
 use kube::api::{Api, PostParams};
-use secrets_store_driver::volume_context::ServiceAccountTokens;
-use secrets_store_provider_aws::identity::IRSA_AUDIENCE;
+use secrets_store_driver::ServiceAccountTokens;
+use secrets_store_provider_aws::IRSA_AUDIENCE;
 
 use super::PodlessError;
 

@@ -22,7 +22,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use secrets_store_api::crd::SecretProviderClassPodStatus;
-use secrets_store_driver::mounter::MountTable;
+use secrets_store_driver::MountTable;
 
 use crate::files::VolumeFiles;
 use crate::metrics::{SKIPPED, SYNCED};

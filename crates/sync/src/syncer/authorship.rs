@@ -20,7 +20,7 @@ use serde_json::Value;
 
 /// The start of every field manager secrets-store writes synced Secrets with: the node agents'
 /// `secrets-store-rs/<node>` and the pod-less sync's `secrets-store-rs/controller`.
-pub const FIELD_MANAGER_PREFIX: &str = "secrets-store-rs/";
+pub const FIELD_MANAGER_PREFIX: &str = secrets_store_api::names::SECRET_FIELD_MANAGER_PREFIX;
 
 /// Whether `manager` is one of secrets-store's Secret writers.
 fn is_ours(manager: &str) -> bool {

@@ -9,8 +9,8 @@ use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use secrets_store_api::crd::{SecretProviderClass, SecretProviderClassPodStatus};
-use secrets_store_api::labels;
-use secrets_store_driver::mounter::MountTable;
+use secrets_store_api::{labels, names};
+use secrets_store_driver::MountTable;
 use secrets_store_provider::SecretBytes;
 
 use crate::consumers::{consumers_of, pod_status_owner};
@@ -212,7 +212,7 @@ impl SecretSync {
         let (watches, stores) = SyncWatches::new(&client, &node_name, verified.clone());
         let writer = SecretWriter::with_watch(
             client.clone(),
-            format!("{FIELD_MANAGER_PREFIX}{node_name}"),
+            names::secret_field_manager(&node_name),
             stores.secrets,
             verified,
         );

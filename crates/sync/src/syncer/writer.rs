@@ -2,9 +2,9 @@
 //! the pod-less sync (a provider answer held in memory): the same names, types, labels, keys,
 //! locks and precondition rules whichever caller computed the owners.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::Secret;
@@ -16,16 +16,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use secrets_store_api::crd::{SecretObject, SecretProviderClass};
 use secrets_store_api::labels;
+use secrets_store_driver::KeyedLocks;
 use secrets_store_provider::SecretBytes;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 
 use super::write::{Replace, SecretVersions, SecretWrite, VerifiedVersions, keep_version_only};
 use super::{Outcome, SyncError, SyncReport};
 use crate::desired::desired_secret;
 use crate::files::VolumeFiles;
-
-/// One lock per (namespace, Secret name) being written by this process.
-type SecretLocks = HashMap<(String, String), Arc<Mutex<()>>>;
 
 /// Writes the Secrets of a class's `secretObjects` with one field manager, from the watched
 /// metadata of the managed Secrets.
@@ -37,7 +35,8 @@ pub(crate) struct SecretWriter {
     /// this process writes, and only when `verified` cannot vouch for them.
     secrets: SecretVersions,
     verified: VerifiedVersions,
-    locks: Arc<StdMutex<SecretLocks>>,
+    /// One lock per (namespace, Secret name) being written by this process.
+    locks: KeyedLocks<(String, String)>,
 }
 
 impl SecretWriter {
@@ -97,7 +96,7 @@ impl SecretWriter {
             field_manager,
             secrets,
             verified,
-            locks: Arc::default(),
+            locks: KeyedLocks::default(),
         }
     }
 
@@ -166,8 +165,8 @@ impl SecretWriter {
         Fut: Future<Output = Vec<OwnerReference>>,
     {
         let namespace = &class.namespace().unwrap_or_default();
-        let lock = self.lock_for(namespace, object.secret_name.trim());
-        let _guard = lock.lock().await;
+        let key = (namespace.to_owned(), object.secret_name.trim().to_owned());
+        let _guard = self.locks.lock(&key).await;
         // Read the objects under the lock: a concurrent publish that rotates them then applies
         // after us, so the newest content always lands last.
         let files: std::borrow::Cow<'_, BTreeMap<String, SecretBytes>> = files
@@ -197,15 +196,5 @@ impl SecretWriter {
         }
         .run(&self.secrets, &self.verified)
         .await
-    }
-
-    fn lock_for(&self, namespace: &str, name: &str) -> Arc<Mutex<()>> {
-        let mut locks = self.locks.lock().expect("lock map poisoned");
-        // Drop locks nobody holds so the map stays as small as the set of busy Secrets.
-        locks.retain(|_, l| Arc::strong_count(l) > 1);
-        locks
-            .entry((namespace.to_string(), name.to_string()))
-            .or_default()
-            .clone()
     }
 }

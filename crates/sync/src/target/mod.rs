@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use secrets_store_api::crd::{SecretProviderClassPodStatus, SecretProviderClassPodStatusStatus};
 use secrets_store_api::labels::DRIVER_NAME;
-use secrets_store_driver::mounter::{KubeletTarget, MountTable};
-use secrets_store_driver::volume_context::SECRET_PROVIDER_CLASS_KEY;
+use secrets_store_driver::SECRET_PROVIDER_CLASS_KEY;
+use secrets_store_driver::{KubeletTarget, MountTable};
 
 /// This node as far as its volumes go: its name and kubelet's root directory.
 #[derive(Clone, Debug)]

@@ -4,7 +4,7 @@ use super::*;
 
 use secrets_store_api::crd::SecretProviderClassPodStatusStatus;
 use secrets_store_api::labels;
-use secrets_store_driver::mounter::MOUNT_SOURCE;
+use secrets_store_driver::MOUNT_SOURCE;
 
 const KUBELET: &str = "/var/lib/kubelet";
 const NODE: &str = "node-1";
