@@ -9,8 +9,9 @@ use kube::runtime::events::Reporter;
 pub const PRODUCT: &str = "secrets-store-rs";
 
 /// The cluster-wide controller (`secrets-store controller`): the reporting controller of its
-/// Events. (The rollout controller's field manager has the same value, still spelled in
-/// `crates/sync/src/rollout`; the pod-less sync's is `secrets-store-rs/controller`, in its config.)
+/// Events and the rollout controller's field manager. (The pod-less sync writes Secrets as
+/// `secrets-store-rs/controller`, under [`SECRET_FIELD_MANAGER_PREFIX`] like the node agents, so
+/// the drift reconcilers take its data for secrets-store's own.)
 pub const CONTROLLER: &str = "secrets-store-rs-controller";
 
 /// Field manager of the `SecretProviderClassPodStatus` objects the node service applies.

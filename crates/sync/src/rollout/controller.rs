@@ -37,7 +37,7 @@ use crate::leader::Leadership;
 use crate::syncer::keep_version_only;
 
 /// The field manager of the controller's writes (the Secret's annotation, the workloads' patches).
-pub const FIELD_MANAGER: &str = "secrets-store-rs-controller";
+pub const FIELD_MANAGER: &str = secrets_store_api::names::CONTROLLER;
 
 /// Shortest and longest wait before retrying a Secret whose reconcile failed.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
