@@ -14,7 +14,7 @@ use secrets_store_provider::{
 use super::{NodeService, PublishRequest};
 use crate::error::PublishError;
 use crate::hooks::MountedVolume;
-use crate::status::pod_status;
+use crate::status::{pod_status, records_same};
 use crate::volume_context::{TOKENS_KEY, VolumeContext};
 use crate::writer::{AtomicWriter, WriteError, WriteOutcome};
 
@@ -174,25 +174,44 @@ impl NodeService {
             &target.to_string_lossy(),
             versions,
         );
-        if let Some(cached) = self.cached_status(target)
-            && cached.status == status.status
-        {
-            return Ok(cached);
-        }
-        let applied = self
-            .inner
-            .effects
-            .apply_status(&status)
-            .await
-            .map_err(|source| PublishError::PodStatus {
-                namespace: ctx.pod_namespace.clone(),
-                name: status.metadata.name.clone().unwrap_or_default(),
-                source,
-            })?;
-        let applied = Arc::new(applied);
+        let stored = match self.cached_status(target) {
+            Some(cached) if cached.status == status.status => return Ok(cached),
+            Some(cached) => {
+                self.inner
+                    .effects
+                    .apply_status(&status, Some(&cached))
+                    .await
+            }
+            None => self.first_status_write(&ctx.pod_namespace, &status).await,
+        };
+        let stored = Arc::new(stored.map_err(|source| PublishError::PodStatus {
+            namespace: ctx.pod_namespace.clone(),
+            name: status.metadata.name.clone().unwrap_or_default(),
+            source,
+        })?);
         self.lock_statuses()
-            .insert(target.to_path_buf(), applied.clone());
-        Ok(applied)
+            .insert(target.to_path_buf(), stored.clone());
+        Ok(stored)
+    }
+
+    /// The status write of a volume this agent has no status for (first publish, or after a
+    /// restart): a plain create, the cheapest write, when the object does not exist; else the
+    /// stored object when it already records the same (a remount of the same pod), or the
+    /// server-side apply that republishes use.
+    async fn first_status_write(
+        &self,
+        namespace: &str,
+        status: &SecretProviderClassPodStatus,
+    ) -> Result<SecretProviderClassPodStatus, kube::Error> {
+        let effects = &self.inner.effects;
+        if let Some(created) = effects.create_status(status).await? {
+            return Ok(created);
+        }
+        let name = status.metadata.name.as_deref().unwrap_or_default();
+        match effects.get_status(namespace, name).await? {
+            Some(live) if records_same(&live, status) => Ok(live),
+            live => effects.apply_status(status, live.as_ref()).await,
+        }
     }
 
     /// Runs the after-mount steps (secret sync) in order; the first failure fails the publish.
