@@ -260,32 +260,6 @@ impl PodEffects {
             .await
     }
 
-    /// The object versions recorded by the last successful publish (empty when unknown; a
-    /// failed read only costs the provider its "what changed" hint, so it is not an error).
-    pub async fn current_versions(&self, namespace: &str, name: &str) -> Vec<ObjectVersion> {
-        let api: Api<SecretProviderClassPodStatus> =
-            Api::namespaced(self.client.clone(), namespace);
-        match api.get_opt(name).await {
-            Ok(Some(st)) => st
-                .status
-                .map(|s| {
-                    s.objects
-                        .into_iter()
-                        .map(|o| ObjectVersion {
-                            id: o.id,
-                            version: o.version,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Ok(None) => Vec::new(),
-            Err(e) => {
-                tracing::debug!(%namespace, %name, error = %e, "could not read current object versions");
-                Vec::new()
-            }
-        }
-    }
-
     /// Publishes an Event about the pod; failures are logged, never returned (an Event must not
     /// turn a result into a different one).
     pub async fn event(
