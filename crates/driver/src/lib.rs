@@ -40,6 +40,7 @@ pub use mounter::{DEFAULT_TMPFS_SIZE, KubeletTarget, MOUNT_SOURCE, MountTable, M
 pub use node::{NodeConfig, NodeService};
 pub use providers::{DEFAULT_PROVIDER_VOLUME, ExternalConnector, ProviderRegistry};
 pub use server::{ServeConfig, ServeError, parse_endpoint, serve};
+pub use status::{PodEffects, records_same, updates_as_applied};
 pub use volume_context::{
     EPHEMERAL_KEY, POD_NAME_KEY, POD_NAMESPACE_KEY, POD_UID_KEY, SECRET_PROVIDER_CLASS_KEY,
     SERVICE_ACCOUNT_NAME_KEY, ServiceAccountTokens, TOKENS_KEY, VolumeContext,

@@ -1,6 +1,7 @@
 //! Fetching objects for one identity in one region: node-level coalescing in front of batched
-//! calls (BatchGetSecretValue ≤ 20, GetParameters ≤ 10), run concurrently, with jittered
-//! exponential backoff on throttling and 5xx, bounded by the mount's deadline.
+//! calls (BatchGetSecretValue for 2–20 secrets, GetSecretValue for one alone, GetParameters
+//! ≤ 10), run concurrently, with jittered exponential backoff on throttling and 5xx, bounded by
+//! the mount's deadline.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -89,6 +90,58 @@ enum Pending {
     Done(FetchResult),
     Wait(crate::coalesce::Waiter<FetchResult>),
     Claimed(usize),
+}
+
+/// Which call fetches which object (indices into the requested objects).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct CallPlan {
+    /// BatchGetSecretValue calls, 2 to [`SM_BATCH`] current secrets each.
+    sm_batches: Vec<Vec<usize>>,
+    /// GetSecretValue calls: pinned versions, a current secret alone, or every secret of an
+    /// identity whose batch was denied.
+    singles: Vec<usize>,
+    /// GetParameters calls, up to [`SSM_BATCH`] distinct names each.
+    ssm_batches: Vec<Vec<usize>>,
+    /// GetParameter calls (parameters named by ARN).
+    ssm_singles: Vec<usize>,
+}
+
+impl CallPlan {
+    /// Groups `objects` into calls; `batch_ok` is false while the identity's batch is denied.
+    fn new(objects: &[ObjectRequest], batch_ok: bool) -> Self {
+        let mut plan = Self::default();
+        for (i, o) in objects.iter().enumerate() {
+            match o.kind {
+                ObjectKind::SecretsManager if batch_ok && o.selector.is_latest() => {
+                    match plan.sm_batches.last_mut() {
+                        Some(b) if b.len() < SM_BATCH => b.push(i),
+                        _ => plan.sm_batches.push(vec![i]),
+                    }
+                }
+                ObjectKind::SecretsManager => plan.singles.push(i),
+                ObjectKind::SsmParameter if o.name.starts_with("arn:") => plan.ssm_singles.push(i),
+                ObjectKind::SsmParameter => {
+                    // A batch never holds one name twice: answers are matched by name.
+                    let slot = plan.ssm_batches.iter_mut().find(|b| {
+                        b.len() < SSM_BATCH && b.iter().all(|&j| objects[j].name != o.name)
+                    });
+                    match slot {
+                        Some(b) => b.push(i),
+                        None => plan.ssm_batches.push(vec![i]),
+                    }
+                }
+            }
+        }
+        // A batch of one is one call either way, and GetSecretValue is the cheaper one for
+        // Secrets Manager to serve. It needs only secretsmanager:GetSecretValue, which
+        // BatchGetSecretValue needs for each secret anyway, so it is never less permitted.
+        let (batches, lone): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.sm_batches)
+            .into_iter()
+            .partition(|b| b.len() > 1);
+        plan.sm_batches = batches;
+        plan.singles.extend(lone.into_iter().flatten());
+        plan
+    }
 }
 
 impl Fetcher {
@@ -208,32 +261,12 @@ impl Fetcher {
         let ssm = calls::ssm(&self.base, creds, region);
         let batch_ok = !self.batch_is_denied(identity);
 
-        let mut sm_batches: Vec<Vec<usize>> = Vec::new();
-        let mut singles: Vec<usize> = Vec::new();
-        let mut ssm_batches: Vec<Vec<usize>> = Vec::new();
-        let mut ssm_singles: Vec<usize> = Vec::new();
-        for (i, o) in objects.iter().enumerate() {
-            match o.kind {
-                ObjectKind::SecretsManager if batch_ok && o.selector.is_latest() => {
-                    match sm_batches.last_mut() {
-                        Some(b) if b.len() < SM_BATCH => b.push(i),
-                        _ => sm_batches.push(vec![i]),
-                    }
-                }
-                ObjectKind::SecretsManager => singles.push(i),
-                ObjectKind::SsmParameter if o.name.starts_with("arn:") => ssm_singles.push(i),
-                ObjectKind::SsmParameter => {
-                    // A batch never holds one name twice: answers are matched by name.
-                    let slot = ssm_batches.iter_mut().find(|b| {
-                        b.len() < SSM_BATCH && b.iter().all(|&j| objects[j].name != o.name)
-                    });
-                    match slot {
-                        Some(b) => b.push(i),
-                        None => ssm_batches.push(vec![i]),
-                    }
-                }
-            }
-        }
+        let CallPlan {
+            sm_batches,
+            singles,
+            ssm_batches,
+            ssm_singles,
+        } = CallPlan::new(objects, batch_ok);
 
         let mut jobs: Vec<futures::future::BoxFuture<'_, Vec<(usize, FetchResult)>>> = Vec::new();
         for batch in sm_batches {
@@ -414,6 +447,77 @@ mod tests {
         Classified {
             kind,
             message: format!("{kind:?}"),
+        }
+    }
+
+    #[test]
+    fn calls_are_planned_by_kind_version_and_count() {
+        let sm = |name: &str| ObjectRequest {
+            kind: ObjectKind::SecretsManager,
+            name: name.into(),
+            selector: VersionSelector::default(),
+        };
+        let pinned = |name: &str| ObjectRequest {
+            selector: VersionSelector {
+                version: None,
+                label: Some("AWSPREVIOUS".into()),
+            },
+            ..sm(name)
+        };
+        let ssm = |name: &str| ObjectRequest {
+            kind: ObjectKind::SsmParameter,
+            ..sm(name)
+        };
+        let plan =
+            |sm_batches: Vec<Vec<usize>>, singles: Vec<usize>, ssm_batches: Vec<Vec<usize>>| {
+                CallPlan {
+                    sm_batches,
+                    singles,
+                    ssm_batches,
+                    ssm_singles: Vec::new(),
+                }
+            };
+        let many: Vec<ObjectRequest> = (0..21).map(|i| sm(&format!("s{i}"))).collect();
+        let cases = [
+            // One current secret alone: GetSecretValue, never a batch of one.
+            ("one", vec![sm("a")], true, plan(vec![], vec![0], vec![])),
+            (
+                "two",
+                vec![sm("a"), sm("b")],
+                true,
+                plan(vec![vec![0, 1]], vec![], vec![]),
+            ),
+            // A pinned version beside one current secret: two GetSecretValue.
+            (
+                "one current, one pinned",
+                vec![sm("a"), pinned("b")],
+                true,
+                plan(vec![], vec![1, 0], vec![]),
+            ),
+            // 21 current secrets: a full batch, and the 21st alone.
+            (
+                "21",
+                many.clone(),
+                true,
+                plan(vec![(0..20).collect()], vec![20], vec![]),
+            ),
+            // While the batch is denied: GetSecretValue each.
+            (
+                "denied",
+                vec![sm("a"), sm("b")],
+                false,
+                plan(vec![], vec![0, 1], vec![]),
+            ),
+            // SSM keeps its batch of one (GetParameters costs what GetParameter costs).
+            (
+                "ssm one",
+                vec![ssm("/p")],
+                true,
+                plan(vec![], vec![], vec![vec![0]]),
+            ),
+        ];
+        for (name, objects, batch_ok, want) in cases {
+            assert_eq!(CallPlan::new(&objects, batch_ok), want, "{name}");
         }
     }
 

@@ -1,5 +1,6 @@
 //! Batching and coalescing, counted by testenv's proxy in front of moto: 20 pods × 5 secrets
-//! with one ServiceAccount on one node cost one STS call and one BatchGetSecretValue call.
+//! with one ServiceAccount on one node cost one STS call and one BatchGetSecretValue call; a
+//! secret fetched alone costs one GetSecretValue.
 //! (Its own test binary: the proxy's counters are global to a binary.)
 
 mod common;
@@ -104,4 +105,24 @@ async fn twenty_pods_five_secrets_one_identity_cost_one_sts_and_one_batch_call()
     assert_eq!(count("AmazonSSM.GetParameters"), 2, "{calls:?}");
     assert_eq!(count("secretsmanager.GetSecretValue"), 1, "{calls:?}");
     assert_eq!(count("AssumeRoleWithWebIdentity"), 1, "{calls:?}");
+
+    // One secret alone (a class listing one, or 21 = 20 + 1): one GetSecretValue, no batch.
+    sm_secret(cluster, &account, "alone", "a1").await;
+    cluster.moto().reset_calls();
+    let resp = provider
+        .mount(request(
+            &pod,
+            &[(
+                "objects",
+                "- objectName: alone\n  objectType: secretsmanager\n",
+            )],
+        ))
+        .await
+        .expect("mount");
+    assert_eq!(files(&resp)["alone"], "a1");
+    let calls = cluster.moto().calls();
+    let count = |k: &str| calls.get(k).copied().unwrap_or(0);
+    assert_eq!(count("secretsmanager.GetSecretValue"), 1, "{calls:?}");
+    assert_eq!(count("secretsmanager.BatchGetSecretValue"), 0, "{calls:?}");
+    assert_eq!(count("AssumeRoleWithWebIdentity"), 0, "{calls:?}");
 }

@@ -1,5 +1,6 @@
-//! Under moto IAM enforcement: the coalescing cache never crosses identities, and an identity
-//! whose policy lacks secretsmanager:BatchGetSecretValue is served through GetSecretValue.
+//! Under moto IAM enforcement: the coalescing cache never crosses identities, an identity whose
+//! policy lacks secretsmanager:BatchGetSecretValue is served through GetSecretValue, and a secret
+//! fetched alone never needs it.
 //! (Its own test binary: enforcement is global to the moto server.)
 
 mod common;
@@ -37,6 +38,7 @@ async fn identities_never_share_values_and_denied_batch_falls_back() {
         .await
         .expect("put_role_policy");
     sm_secret(cluster, &account, "shared", "only-for-a").await;
+    sm_secret(cluster, &account, "shared-2", "also-for-a").await;
 
     let ns = cluster.new_namespace("aws-iam").await;
     service_account(cluster, &ns, "sa-a", Some(&account.role_arn("role-a"))).await;
@@ -55,7 +57,13 @@ async fn identities_never_share_values_and_denied_batch_falls_back() {
         "sa-b",
         tokens(cluster, &ns, "sa-b", &["sts.amazonaws.com"]).await,
     );
+    // Two secrets: one alone is fetched with GetSecretValue and would never try the batch.
     let objects = [(
+        "objects",
+        "- objectName: shared\n  objectType: secretsmanager\n\
+         - objectName: shared-2\n  objectType: secretsmanager\n",
+    )];
+    let alone = [(
         "objects",
         "- objectName: shared\n  objectType: secretsmanager\n",
     )];
@@ -69,12 +77,13 @@ async fn identities_never_share_values_and_denied_batch_falls_back() {
             .await
             .expect("A mounts");
         assert_eq!(files(&resp)["shared"], "only-for-a");
+        assert_eq!(files(&resp)["shared-2"], "also-for-a");
         assert_eq!(
             metrics.api_calls_of("BatchGetSecretValue"),
             1,
             "tried once, denied"
         );
-        assert!(metrics.api_calls_of("GetSecretValue") >= 1, "fell back");
+        assert_eq!(metrics.api_calls_of("GetSecretValue"), 2, "fell back");
 
         let err = provider.mount(request(&pod_b, &objects)).await.unwrap_err();
         assert_eq!(err.kind, ProviderErrorKind::PermissionDenied, "{err}");
@@ -98,7 +107,24 @@ async fn identities_never_share_values_and_denied_batch_falls_back() {
             1,
             "remembered per identity"
         );
-        assert_eq!(metrics.api_calls_of("GetSecretValue"), 3);
+        assert_eq!(metrics.api_calls_of("GetSecretValue"), 6);
+
+        // The seed's policy and one secret: a single GetSecretValue, the batch never tried.
+        let (fresh, metrics) = provider_no_cache(cluster).await;
+        let resp = fresh
+            .mount(request(&pod_a, &alone))
+            .await
+            .expect("A mounts one secret");
+        assert_eq!(files(&resp)["shared"], "only-for-a");
+        assert_eq!(metrics.api_calls_of("BatchGetSecretValue"), 0);
+        assert_eq!(metrics.api_calls_of("GetSecretValue"), 1);
+        let err = fresh.mount(request(&pod_b, &alone)).await.unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::PermissionDenied, "{err}");
+        assert_error(
+            &err,
+            &["object \"shared\"", "access denied", "role-b", "sa-b"],
+            "only-for-a",
+        );
     }
     .await;
     moto.set_iam_enforcement(false)

@@ -3,7 +3,8 @@
 //! provider speaking upstream's v1alpha1 API over a real unix socket, and real tmpfs mounts.
 //!
 //! The scenarios live in `node_publish/`: the world they share (`world`), the happy paths
-//! (`publish`), bad input (`bad_inputs`), target paths (`targets`) and one volume over its life (`lifecycle`).
+//! (`publish`), bad input (`bad_inputs`), target paths (`targets`), one volume over its life (`lifecycle`)
+//! and the pod-status writes (`status_writes`).
 
 mod common;
 
@@ -15,6 +16,8 @@ mod hung_provider;
 mod lifecycle;
 #[path = "node_publish/publish.rs"]
 mod publish;
+#[path = "node_publish/status_writes.rs"]
+mod status_writes;
 #[path = "node_publish/targets.rs"]
 mod targets;
 #[path = "node_publish/tenant_limits.rs"]

@@ -14,7 +14,7 @@ use secrets_store_provider::{
 use super::{NodeService, PublishRequest};
 use crate::error::PublishError;
 use crate::hooks::MountedVolume;
-use crate::status::pod_status;
+use crate::status::{pod_status, records_same};
 use crate::volume_context::{TOKENS_KEY, VolumeContext};
 use crate::writer::{AtomicWriter, WriteError, WriteOutcome};
 
@@ -30,10 +30,10 @@ impl NodeService {
         target: &Path,
         republish: bool,
     ) -> Result<bool, PublishError> {
-        let mounted_versions = if republish {
-            self.mounted_versions(ctx, target).await
+        let (mounted_versions, stored) = if republish {
+            self.mounted_state(ctx, target).await
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         let response = self
             .fetch(req, ctx, class, provider, target, mounted_versions.clone())
@@ -48,7 +48,7 @@ impl NodeService {
         } else {
             self.write(ctx, class, target, &response.files).await? != WriteOutcome::Unchanged
         };
-        let pod_status = self.record_status(ctx, target, &versions).await?;
+        let pod_status = self.record_status(ctx, target, &versions, stored).await?;
         let mounted = MountedVolume {
             context: ctx,
             class,
@@ -62,20 +62,37 @@ impl NodeService {
     }
 
     /// What the volume holds now, as its pod status last recorded it (upstream passes the same
-    /// to providers on a republish).
-    async fn mounted_versions(&self, ctx: &VolumeContext, target: &Path) -> Vec<ObjectVersion> {
+    /// to providers on a republish), and the stored status when it had to be read (after an
+    /// agent restart), so that recording the status needs no second read.
+    async fn mounted_state(
+        &self,
+        ctx: &VolumeContext,
+        target: &Path,
+    ) -> (Vec<ObjectVersion>, Option<SecretProviderClassPodStatus>) {
         if let Some(status) = self.cached_status(target) {
-            return status_versions(&status);
+            return (status_versions(&status), None);
         }
         let name = SecretProviderClassPodStatus::object_name(
             &ctx.pod_name,
             &ctx.pod_namespace,
             &ctx.secret_provider_class,
         );
-        self.inner
+        match self
+            .inner
             .effects
-            .current_versions(&ctx.pod_namespace, &name)
+            .get_status(&ctx.pod_namespace, &name)
             .await
+        {
+            Ok(stored) => (
+                stored.as_ref().map(status_versions).unwrap_or_default(),
+                stored,
+            ),
+            // A failed read only costs the provider its "what changed" hint.
+            Err(e) => {
+                tracing::debug!(namespace = %ctx.pod_namespace, %name, error = %e, "could not read the stored pod status");
+                (Vec::new(), None)
+            }
+        }
     }
 
     /// Asks the provider for the volume's objects.
@@ -161,12 +178,14 @@ impl NodeService {
     }
 
     /// Records the volume's objects in its SecretProviderClassPodStatus; when the status is the
-    /// one last written, makes no API call.
+    /// one last written, or `stored` (read for this publish) already says the same, makes no
+    /// API call.
     async fn record_status(
         &self,
         ctx: &VolumeContext,
         target: &Path,
         versions: &[ObjectVersion],
+        stored: Option<SecretProviderClassPodStatus>,
     ) -> Result<Arc<SecretProviderClassPodStatus>, PublishError> {
         let status = pod_status(
             ctx,
@@ -174,25 +193,42 @@ impl NodeService {
             &target.to_string_lossy(),
             versions,
         );
-        if let Some(cached) = self.cached_status(target)
-            && cached.status == status.status
-        {
-            return Ok(cached);
-        }
-        let applied = self
-            .inner
-            .effects
-            .apply_status(&status)
-            .await
-            .map_err(|source| PublishError::PodStatus {
-                namespace: ctx.pod_namespace.clone(),
-                name: status.metadata.name.clone().unwrap_or_default(),
-                source,
-            })?;
-        let applied = Arc::new(applied);
+        let effects = &self.inner.effects;
+        let stored = match (self.cached_status(target), stored) {
+            (Some(cached), _) if cached.status == status.status => return Ok(cached),
+            (Some(cached), _) => effects.apply_status(&status, Some(&cached)).await,
+            (None, Some(live)) if records_same(&live, &status) => Ok(live),
+            (None, Some(live)) => effects.apply_status(&status, Some(&live)).await,
+            (None, None) => self.first_status_write(&ctx.pod_namespace, &status).await,
+        };
+        let stored = Arc::new(stored.map_err(|source| PublishError::PodStatus {
+            namespace: ctx.pod_namespace.clone(),
+            name: status.metadata.name.clone().unwrap_or_default(),
+            source,
+        })?);
         self.lock_statuses()
-            .insert(target.to_path_buf(), applied.clone());
-        Ok(applied)
+            .insert(target.to_path_buf(), stored.clone());
+        Ok(stored)
+    }
+
+    /// The status write of a volume this agent has no status for (first publish, or after a
+    /// restart): a plain create, the cheapest write, when the object does not exist; else the
+    /// stored object when it already records the same (a remount of the same pod), or the
+    /// server-side apply that republishes use.
+    async fn first_status_write(
+        &self,
+        namespace: &str,
+        status: &SecretProviderClassPodStatus,
+    ) -> Result<SecretProviderClassPodStatus, kube::Error> {
+        let effects = &self.inner.effects;
+        if let Some(created) = effects.create_status(status).await? {
+            return Ok(created);
+        }
+        let name = status.metadata.name.as_deref().unwrap_or_default();
+        match effects.get_status(namespace, name).await? {
+            Some(live) if records_same(&live, status) => Ok(live),
+            live => effects.apply_status(status, live.as_ref()).await,
+        }
     }
 
     /// Runs the after-mount steps (secret sync) in order; the first failure fails the publish.

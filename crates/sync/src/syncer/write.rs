@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
+use secrets_store_driver::updates_as_applied;
 use sha2::Sha256;
 
 use super::authorship::data_changed_by_others;
@@ -319,14 +320,14 @@ impl SecretWrite<'_> {
             .resource_version
             .clone()
             .unwrap_or_default();
-        let mut fields = created.metadata.managed_fields.unwrap_or_default();
-        for entry in &mut fields {
-            if entry.manager.as_deref() == Some(self.field_manager)
-                && entry.operation.as_deref() == Some("Update")
-            {
-                entry.operation = Some("Apply".into());
-            }
-        }
+        let Some(fields) = created
+            .metadata
+            .managed_fields
+            .as_deref()
+            .and_then(|f| updates_as_applied(f, self.field_manager))
+        else {
+            return created_version;
+        };
         let patch = serde_json::json!({"metadata": {
             "resourceVersion": created_version,
             "managedFields": fields,
