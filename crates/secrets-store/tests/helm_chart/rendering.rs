@@ -383,13 +383,8 @@ fn every_rendered_flag_is_accepted_by_the_agent() {
         "metrics.enabled=false",
         "maxCallRecvMsgSize=8388608",
     ]);
-    let ds = serde_yaml::Deserializer::from_str(&out)
-        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
-        .find(|d| d.get("kind").and_then(|k| k.as_str()) == Some("DaemonSet"))
-        .expect("a DaemonSet");
-    let ds: DaemonSet = serde_yaml::from_value(ds).unwrap();
-    let container = ds.spec.unwrap().template.spec.unwrap().containers.remove(0);
-    let args: Vec<String> = container.args.unwrap_or_default();
+    let ds: DaemonSet = first_of_kind(&out, "DaemonSet");
+    let args = first_container_args(ds.spec.unwrap().template);
     for flag in [
         "--enable-secret-sync",
         "--enable-secret-rotation",
@@ -428,21 +423,8 @@ fn every_rendered_flag_is_accepted_by_the_agent() {
         "aws.region=eu-west-1",
         "logFormatJSON=true",
     ]);
-    let deployment = serde_yaml::Deserializer::from_str(&out)
-        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
-        .find(|d| d.get("kind").and_then(|k| k.as_str()) == Some("Deployment"))
-        .expect("the controller's Deployment");
-    let deployment: k8s_openapi::api::apps::v1::Deployment =
-        serde_yaml::from_value(deployment).unwrap();
-    let container = deployment
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .containers
-        .remove(0);
-    let args: Vec<String> = container.args.unwrap_or_default();
+    let deployment: k8s_openapi::api::apps::v1::Deployment = first_of_kind(&out, "Deployment");
+    let args = first_container_args(deployment.spec.unwrap().template);
     assert!(args.iter().any(|a| a == "--podless-sync"), "{args:?}");
     let out = run(&args);
     assert!(
@@ -450,4 +432,24 @@ fn every_rendered_flag_is_accepted_by_the_agent() {
         "secrets-store rejected the controller's args {args:?}:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The first object of `kind` in a rendering.
+fn first_of_kind<T: serde::de::DeserializeOwned>(rendered: &str, kind: &str) -> T {
+    let object = serde_yaml::Deserializer::from_str(rendered)
+        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+        .find(|d| d.get("kind").and_then(|k| k.as_str()) == Some(kind))
+        .unwrap_or_else(|| panic!("no {kind} rendered"));
+    serde_yaml::from_value(object).unwrap()
+}
+
+/// The args of a pod template's first container.
+fn first_container_args(template: k8s_openapi::api::core::v1::PodTemplateSpec) -> Vec<String> {
+    template
+        .spec
+        .unwrap()
+        .containers
+        .remove(0)
+        .args
+        .unwrap_or_default()
 }
