@@ -295,7 +295,6 @@ fn parse_translation(s: &str) -> Result<PathTranslation, ParamError> {
     }
 }
 
-/// Go's `strconv.ParseBool`, which ASCP uses for `usePodIdentity`.
 /// Whether `parameters` ask for EKS Pod Identity (`usePodIdentity` set to a true boolean); a value
 /// that is not a boolean counts as no (the mount refuses it with its own message).
 pub fn uses_pod_identity(parameters: &BTreeMap<String, String>) -> bool {
@@ -305,6 +304,7 @@ pub fn uses_pod_identity(parameters: &BTreeMap<String, String>) -> bool {
         .unwrap_or(false)
 }
 
+/// Go's `strconv.ParseBool`, which ASCP uses for `usePodIdentity`.
 fn parse_go_bool(s: &str) -> Option<bool> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
