@@ -40,7 +40,6 @@ use kube::{Client, ResourceExt};
 use secrets_store_api::crd::SecretProviderClass;
 use secrets_store_api::labels::{PODLESS_OPT_IN, PODLESS_SERVICE_ACCOUNT};
 use secrets_store_provider::Provider;
-use tokio::sync::Notify;
 
 use crate::syncer::{FIELD_MANAGER_PREFIX, SecretWriter};
 
@@ -106,11 +105,8 @@ impl PodlessContext {
         metrics: PodlessMetrics,
         reporter: Reporter,
     ) -> Arc<Self> {
-        let (writer, secret_watch) = SecretWriter::new(
-            client.clone(),
-            config.field_manager.clone(),
-            Arc::new(Notify::new()),
-        );
+        let (writer, secret_watch) =
+            SecretWriter::new(client.clone(), config.field_manager.clone());
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,

@@ -69,27 +69,7 @@ impl SyncWatches {
         .default_backoff()
         .reflect(pod_writer)
         .boxed();
-        let watched: SecretVersions = secrets.clone();
-        let secret_events = watcher(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default().labels(&format!(
-                "{}={}",
-                labels::MANAGED,
-                labels::MANAGED_VALUE
-            )),
-        )
-        .modify(keep_version_only)
-        .default_backoff()
-        .reflect(secret_writer)
-        .inspect_ok(move |event| match event {
-            watcher::Event::Delete(secret) => {
-                verified.forget(&secret.namespace().unwrap_or_default(), &secret.name_any())
-            }
-            // A re-list reports no deletions: keep only what it found.
-            watcher::Event::InitDone => verified.retain_watched(&watched),
-            _ => {}
-        })
-        .boxed();
+        let secret_events = managed_secret_events(client, secret_writer, secrets.clone(), verified);
         let watches = Self {
             statuses: status_events,
             status_store: statuses.clone(),
@@ -165,4 +145,36 @@ impl SyncWatches {
         }
         .boxed()
     }
+}
+
+/// The watch of managed Secrets every writer of synced Secrets keeps: label-selected, metadata
+/// only and cut on arrival to identity and version (any tenant may put the label on any number
+/// of Secrets of any size), filling `store` (whose reader is `watched`); `verified` forgets what
+/// the watch loses.
+pub(super) fn managed_secret_events(
+    client: &Client,
+    store: reflector::store::Writer<PartialObjectMeta<Secret>>,
+    watched: SecretVersions,
+    verified: VerifiedVersions,
+) -> Events<PartialObjectMeta<Secret>> {
+    watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            labels::MANAGED,
+            labels::MANAGED_VALUE
+        )),
+    )
+    .modify(keep_version_only)
+    .default_backoff()
+    .reflect(store)
+    .inspect_ok(move |event| match event {
+        watcher::Event::Delete(secret) => {
+            verified.forget(&secret.namespace().unwrap_or_default(), &secret.name_any())
+        }
+        // A re-list reports no deletions: keep only what it found.
+        watcher::Event::InitDone => verified.retain_watched(&watched),
+        _ => {}
+    })
+    .boxed()
 }

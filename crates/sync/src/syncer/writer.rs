@@ -4,23 +4,19 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use secrets_store_api::crd::{SecretObject, SecretProviderClass};
-use secrets_store_api::labels;
 use secrets_store_driver::KeyedLocks;
 use secrets_store_provider::SecretBytes;
-use tokio::sync::Notify;
 
-use super::write::{Replace, SecretVersions, SecretWrite, VerifiedVersions, keep_version_only};
+use super::watches::managed_secret_events;
+use super::write::{Replace, SecretVersions, SecretWrite, VerifiedVersions};
 use super::{Outcome, SyncError, SyncReport};
 use crate::desired::desired_secret;
 use crate::files::VolumeFiles;
@@ -41,42 +37,12 @@ pub(crate) struct SecretWriter {
 
 impl SecretWriter {
     /// A writer applying as `field_manager`, and the future that drives its own watch of the
-    /// managed Secrets' metadata; every change to one notifies `changed`.
-    pub(crate) fn new(
-        client: Client,
-        field_manager: String,
-        changed: Arc<Notify>,
-    ) -> (Self, BoxFuture<'static, ()>) {
-        let (secrets, secret_writer) = reflector::store();
-        // Metadata only: any tenant may put the label on any number of Secrets of any size.
-        let secret_stream = reflector::reflector(
-            secret_writer,
-            watcher(
-                Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-                watcher::Config::default().labels(&format!(
-                    "{}={}",
-                    labels::MANAGED,
-                    labels::MANAGED_VALUE
-                )),
-            )
-            .modify(keep_version_only),
-        );
+    /// managed Secrets' metadata (the one [`super::SyncWatches`] keeps for the node agent).
+    pub(crate) fn new(client: Client, field_manager: String) -> (Self, BoxFuture<'static, ()>) {
+        let (secrets, store) = reflector::store();
         let verified = VerifiedVersions::new();
-        let (watched, forget) = (secrets.clone(), verified.clone());
-        let drive = secret_stream
-            .default_backoff()
-            .for_each(move |event| {
-                match &event {
-                    Ok(watcher::Event::Delete(secret)) => {
-                        forget.forget(&secret.namespace().unwrap_or_default(), &secret.name_any())
-                    }
-                    // A re-list reports no deletions: keep only what it found.
-                    Ok(watcher::Event::InitDone) => forget.retain_watched(&watched),
-                    _ => {}
-                }
-                changed.notify_one();
-                async {}
-            })
+        let drive = managed_secret_events(&client, store, secrets.clone(), verified.clone())
+            .for_each(|_| async {})
             .boxed();
         let writer = Self::with_watch(client, field_manager, secrets, verified);
         (writer, drive)
