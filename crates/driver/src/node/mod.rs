@@ -201,11 +201,6 @@ impl NodeService {
         &self.inner.config
     }
 
-    /// The metrics this service counts into.
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
-    }
-
     /// Handles `NodePublishVolume`: records metrics and, once the pod is known, a Warning Event
     /// on failure.
     pub async fn publish(&self, req: PublishRequest) -> Result<(), PublishError> {
